@@ -1,0 +1,54 @@
+"""The HTTP API for operators and the command center (FastAPI).
+
+Built around a running ``gateway.service.Gateway``: live state comes from memory, history from the database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, HTTPException
+
+if TYPE_CHECKING:
+    from gateway.service import Gateway
+
+__all__ = ["create_app"]
+
+
+def _sample_json(sample: Any) -> dict[str, Any]:
+    doc = asdict(sample)
+    doc["time"] = sample.time.isoformat()
+    doc["vehicle_time"] = sample.vehicle_time.isoformat() if sample.vehicle_time else None
+    return doc
+
+
+def create_app(gateway: Gateway) -> FastAPI:
+    app = FastAPI(title="patrolgate", version="0.1.0",
+                  description="Telemetry gateway for city patrol fleets: fleet state, tracks, commands.")
+
+    @app.get("/api/v1/health")
+    async def health() -> dict[str, Any]:
+        writer = gateway.writer
+        return {"status": "ok" if writer and writer.stats.db_up else "degraded",
+                "database": bool(writer and writer.stats.db_up)}
+
+    @app.get("/api/v1/status")
+    async def status() -> dict[str, Any]:
+        return gateway.status()
+
+    @app.get("/api/v1/vehicles")
+    async def vehicles() -> list[dict[str, Any]]:
+        return [
+            {"id": vid, "online": gateway.live.online.get(vid), "latest": _sample_json(s)}
+            for vid, s in sorted(gateway.live.latest.items())
+        ]
+
+    @app.get("/api/v1/vehicles/{vehicle_id}")
+    async def vehicle(vehicle_id: str) -> dict[str, Any]:
+        sample = gateway.live.latest.get(vehicle_id)
+        if sample is None:
+            raise HTTPException(404, f"vehicle {vehicle_id!r} has not reported")
+        return {"id": vehicle_id, "online": gateway.live.online.get(vehicle_id), "latest": _sample_json(sample)}
+
+    return app

@@ -1,0 +1,201 @@
+"""The running gateway: builds the pipeline from the settings, starts it in order and stops it in reverse.
+
+Start: storage first (embedded PostgreSQL when none is configured, migrations, writer, housekeeping), then the
+drivers, then the API. Stop (SIGTERM/SIGINT): API and drivers first, so nothing new arrives, then the writer's
+final flush (to the database, or to the disk spool if it is down), then the embedded services.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from datetime import timedelta
+from typing import Any
+
+from drivers.base import Driver
+from gateway.config import GatewaySettings
+from gateway.embedded import EmbeddedMosquitto, EmbeddedPostgres, ServiceError
+from gateway.fleet import Fleet
+from gateway.live import LiveState
+from gateway.pipeline import Pipeline
+from telemetry import storage
+from telemetry.model import VehicleKind
+from telemetry.validation import ValidationLimits, Validator
+from telemetry.writer import TelemetryWriter, WriterSettings
+
+__all__ = ["Gateway", "storage_settings", "writer_settings"]
+
+log = logging.getLogger(__name__)
+
+
+def storage_settings(settings: GatewaySettings) -> storage.StorageSettings:
+    s = settings.storage
+    return storage.StorageSettings(
+        backend=s.backend, chunk_interval=s.chunk_interval, compress_after=s.compress_after,
+        retention=s.retention, partitions_ahead_days=s.partitions_ahead_days,
+    )
+
+
+def writer_settings(settings: GatewaySettings) -> WriterSettings:
+    w = settings.writer
+    return WriterSettings(
+        batch_rows=w.batch_rows, flush_interval_s=w.flush_interval.total_seconds(),
+        queue_max_rows=w.queue_max_rows, spool_dir=str(w.spool_dir), spool_max_bytes=w.spool_max_bytes,
+    )
+
+
+def validation_limits(settings: GatewaySettings) -> ValidationLimits:
+    v = settings.validation
+    return ValidationLimits(
+        max_speed_mps={VehicleKind.DRONE: v.max_speed_drone_mps, VehicleKind.PATROL_CAR: v.max_speed_car_mps},
+        jump_noise_m=v.jump_noise_m, max_future_s=v.max_future.total_seconds(),
+    )
+
+
+class Gateway:
+    """One gateway instance. ``embedded_broker`` starts a throwaway mosquitto when MQTT has no broker set."""
+
+    def __init__(self, settings: GatewaySettings, *, embedded_broker: bool = False) -> None:
+        self.settings = settings
+        self.embedded_broker = embedded_broker
+        self.dsn: str | None = settings.database.dsn
+        self.live = LiveState()
+        self.fleet = Fleet()
+        self.drivers: list[Driver] = []
+        self.writer: TelemetryWriter | None = None
+        self.pipeline: Pipeline | None = None
+        self.api_port: int | None = None
+        self._pg: EmbeddedPostgres | None = None
+        self._broker: EmbeddedMosquitto | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._api_server: Any = None
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        if self.dsn is None:
+            log.warning("no database configured: starting a throwaway embedded PostgreSQL (data is not kept)")
+            self._pg = await asyncio.to_thread(EmbeddedPostgres().start)
+            self.dsn = self._pg.dsn
+        st = storage_settings(self.settings)
+        applied = await asyncio.to_thread(storage.upgrade, self.dsn, st)
+        if applied:
+            log.info("database migrated to schema %s", applied[-1])
+        self.writer = TelemetryWriter(self.dsn, writer_settings(self.settings))
+        await self.writer.start()
+        self.pipeline = Pipeline(self.writer, Validator(validation_limits(self.settings)), self.live)
+        self._tasks.append(asyncio.create_task(self._housekeeping(st), name="patrolgate-housekeeping"))
+        await self._start_drivers()
+        if self.settings.api.enabled:
+            await self._start_api()
+        log.info("gateway running: %d driver(s), database %s", len(self.drivers), _redact(self.dsn))
+
+    async def _start_drivers(self) -> None:
+        assert self.pipeline is not None
+        mqtt = self.settings.mqtt
+        if mqtt.broker is None and self.embedded_broker:
+            try:
+                self._broker = await asyncio.to_thread(EmbeddedMosquitto().start)
+            except ServiceError as exc:
+                log.warning("no MQTT broker configured and no embedded one could start (%s): MQTT is off", exc)
+            else:
+                mqtt = mqtt.model_copy(update={"broker": self._broker.url})
+                log.warning("no MQTT broker configured: started an embedded mosquitto at %s", self._broker.url)
+        if self.settings.mavlink.endpoints:
+            from drivers.mavlink import MavlinkDriver
+
+            self.drivers.append(MavlinkDriver.from_config(self.settings.mavlink))
+        if mqtt.broker is not None:
+            from drivers.mqtt import MqttDriver
+
+            self.drivers.append(MqttDriver.from_config(mqtt))
+        for driver in self.drivers:
+            await driver.start(self.pipeline)
+            self.fleet.add(driver)
+
+    async def _start_api(self) -> None:
+        import uvicorn
+
+        from api.app import create_app
+
+        app = create_app(self)
+        config = uvicorn.Config(app, host=self.settings.api.host, port=self.settings.api.port,
+                                log_level="warning", lifespan="off")
+        server = uvicorn.Server(config)
+        self._api_server = server
+        self._tasks.append(asyncio.create_task(server.serve(), name="patrolgate-api"))
+        while not server.started:
+            await asyncio.sleep(0.02)
+        sockets = [s for srv in server.servers for s in srv.sockets]
+        self.api_port = sockets[0].getsockname()[1] if sockets else self.settings.api.port
+        log.info("API listening on http://%s:%s", self.settings.api.host, self.api_port)
+
+    async def _housekeeping(self, st: storage.StorageSettings) -> None:
+        interval: timedelta = self.settings.storage.maintenance_interval
+        while True:
+            await asyncio.sleep(interval.total_seconds())
+            try:
+                report = await asyncio.to_thread(storage.maintain, self.dsn or "", st)
+                if report.get("created") or report.get("dropped"):
+                    log.info("storage housekeeping: %s", report)
+            except Exception as exc:
+                log.warning("storage housekeeping failed (will retry): %s", exc)
+
+    async def stop(self) -> None:
+        """Drivers first, then the writer's final flush, then storage; safe to call twice."""
+        if self._api_server is not None:
+            self._api_server.should_exit = True
+        for driver in reversed(self.drivers):
+            try:
+                await driver.stop()
+            except Exception:
+                log.exception("stopping driver %s failed", driver.name)
+        self.drivers.clear()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self.writer is not None:
+            await self.writer.stop()
+            log.info("writer flushed: %s", self.writer.stats.as_dict())
+            self.writer = None
+        if self._broker is not None:
+            await asyncio.to_thread(self._broker.stop)
+            self._broker = None
+        if self._pg is not None:
+            await asyncio.to_thread(self._pg.stop)
+            self._pg = None
+        self._stopped.set()
+
+    async def run_until_signalled(self) -> None:
+        """Start, run until SIGTERM or SIGINT, then stop cleanly (flushing everything)."""
+        loop = asyncio.get_running_loop()
+        stop_requested = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop_requested.set)
+        try:
+            await self.start()
+            await stop_requested.wait()
+            log.info("signal received: stopping")
+        finally:
+            await self.stop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "pipeline": self.pipeline.stats() if self.pipeline else None,
+            "drivers": {d.name: d.stats() for d in self.drivers},
+            "vehicles_live": len(self.live.latest),
+        }
+
+
+def _redact(dsn: str | None) -> str:
+    if not dsn:
+        return "-"
+    import re
+
+    return re.sub(r"://([^:@/]+):[^@/]+@", r"://\1:***@", dsn)

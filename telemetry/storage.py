@@ -1,0 +1,291 @@
+"""Schema migrations and time-series housekeeping on TimescaleDB or plain PostgreSQL.
+
+The backend is chosen once, at the first ``upgrade``: TimescaleDB when the extension can be created (and the
+settings allow it), plain PostgreSQL otherwise, and recorded in ``storage_info``. Everything above this module
+sees the same tables and the same ``telemetry_1m`` relation either way; only ``maintain`` differs (TimescaleDB
+policies vs. native daily partitions created ahead and dropped by the same retention setting).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from importlib import resources
+from typing import Any, Literal
+
+import psycopg
+from psycopg import sql
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Backend",
+    "SchemaTooNewError",
+    "StorageSettings",
+    "ensure_partitions",
+    "maintain",
+    "partition_name",
+    "storage_info",
+    "upgrade",
+]
+
+log = logging.getLogger(__name__)
+
+Backend = Literal["timescaledb", "postgresql"]
+
+_MIGRATION_RE = re.compile(r"^(\d{4})_([a-z0-9_]+?)(?:\.(timescaledb|postgresql))?\.sql$")
+
+
+@dataclass(frozen=True, slots=True)
+class StorageSettings:
+    """Storage knobs; see gateway.config for their documentation and defaults."""
+
+    backend: Literal["auto", "timescaledb", "postgresql"] = "auto"
+    chunk_interval: timedelta = timedelta(days=1)
+    compress_after: timedelta | None = timedelta(days=7)
+    retention: timedelta | None = None
+    partitions_ahead_days: int = 3
+
+
+class SchemaTooNewError(RuntimeError):
+    """The database was migrated by a newer patrolgate than this one; refusing to touch it."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Migration:
+    version: int
+    name: str
+    files: dict[str | None, str]  # backend (None = both) -> resource file name
+
+
+def _migrations() -> list[_Migration]:
+    found: dict[int, _Migration] = {}
+    for entry in resources.files("telemetry.migrations").iterdir():
+        m = _MIGRATION_RE.match(entry.name)
+        if not m:
+            continue
+        version, name, backend = int(m.group(1)), m.group(2), m.group(3)
+        mig = found.setdefault(version, _Migration(version, name, {}))
+        mig.files[backend] = entry.name
+    return [found[v] for v in sorted(found)]
+
+
+SCHEMA_VERSION = max(m.version for m in _migrations())
+
+
+def _sql_for(mig: _Migration, backend: Backend) -> str:
+    name = mig.files.get(backend) or mig.files.get(None)
+    if name is None:
+        raise RuntimeError(f"migration {mig.version:04d}_{mig.name} has no file for backend {backend}")
+    return resources.files("telemetry.migrations").joinpath(name).read_text(encoding="utf-8")
+
+
+def _interval_literal(value: timedelta) -> str:
+    return f"'{int(value.total_seconds())} seconds'"
+
+
+def _choose_backend(conn: psycopg.Connection[Any], settings: StorageSettings) -> Backend:
+    if settings.backend == "postgresql":
+        return "postgresql"
+    available = conn.execute(
+        "SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'"
+    ).fetchone()
+    if available and available[0]:
+        try:
+            with conn.transaction():
+                conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+            return "timescaledb"
+        except psycopg.Error as exc:
+            if settings.backend == "timescaledb":
+                raise RuntimeError(f"storage.backend = timescaledb but the extension cannot be created: {exc}") \
+                    from exc
+            log.warning("TimescaleDB is installed but not usable (%s); using plain PostgreSQL", exc)
+            return "postgresql"
+    if settings.backend == "timescaledb":
+        raise RuntimeError(
+            "storage.backend = timescaledb but the extension is not installed on this server; "
+            "install it or set storage.backend = 'auto'"
+        )
+    return "postgresql"
+
+
+def current_version(conn: psycopg.Connection[Any]) -> int:
+    exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
+    if not exists or not exists[0]:
+        return 0
+    row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
+    return int(row[0]) if row else 0
+
+
+def current_backend(conn: psycopg.Connection[Any]) -> Backend | None:
+    exists = conn.execute("SELECT to_regclass('storage_info') IS NOT NULL").fetchone()
+    if not exists or not exists[0]:
+        return None
+    row = conn.execute("SELECT value FROM storage_info WHERE key = 'backend'").fetchone()
+    return row[0] if row else None  # type: ignore[return-value]
+
+
+def upgrade(dsn: str, settings: StorageSettings | None = None) -> list[int]:
+    """Apply every migration not yet applied, each in its own transaction; returns the versions applied.
+
+    Idempotent. Refuses (``SchemaTooNewError``) a database whose schema version is newer than this code's.
+    Concurrent upgrades are serialized by an advisory lock.
+    """
+    settings = settings or StorageSettings()
+    applied: list[int] = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(727274)")
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            version = current_version(conn)
+            if version > SCHEMA_VERSION:
+                raise SchemaTooNewError(
+                    f"database schema version {version} is newer than this patrolgate's {SCHEMA_VERSION}; "
+                    "upgrade patrolgate instead"
+                )
+            backend = current_backend(conn) or _choose_backend(conn, settings)
+            for mig in _migrations():
+                if mig.version <= version:
+                    continue
+                text = _sql_for(mig, backend).replace("{chunk_interval}", _interval_literal(settings.chunk_interval))
+                with conn.transaction():
+                    conn.execute(text)  # type: ignore[arg-type]  # trusted migration file
+                    if mig.version == 1:
+                        conn.execute(
+                            "INSERT INTO storage_info (key, value) VALUES ('backend', %s) "
+                            "ON CONFLICT (key) DO NOTHING",
+                            (backend,),
+                        )
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (mig.version, mig.name)
+                    )
+                applied.append(mig.version)
+                log.info("applied migration %04d_%s (%s)", mig.version, mig.name, backend)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(727274)")
+    maintain(dsn, settings)
+    return applied
+
+
+def partition_name(day: date) -> str:
+    return f"telemetry_p{day:%Y%m%d}"
+
+
+def ensure_partitions(conn: psycopg.Connection[Any], days: set[date]) -> None:
+    """Create the daily partitions of ``telemetry`` for ``days`` (plain PostgreSQL only; no-op otherwise)."""
+    for day in sorted(days):
+        start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        conn.execute(
+            sql.SQL("CREATE TABLE IF NOT EXISTS {} PARTITION OF telemetry FOR VALUES FROM ({}) TO ({})").format(
+                sql.Identifier(partition_name(day)), sql.Literal(start), sql.Literal(start + timedelta(days=1))
+            )
+        )
+
+
+def maintain(dsn: str, settings: StorageSettings, now: datetime | None = None) -> dict[str, Any]:
+    """Housekeeping the gateway runs at start and then hourly.
+
+    Plain PostgreSQL: create partitions for today and ``partitions_ahead_days`` ahead, drop whole partitions
+    older than the retention. TimescaleDB: (re)apply the compression, retention and continuous-aggregate
+    policies so changed settings take effect. Also prunes ``ingest_batches`` ids older than 7 days.
+    """
+    now = now or datetime.now(UTC)
+    report: dict[str, Any] = {"created": [], "dropped": []}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        backend = current_backend(conn)
+        report["backend"] = backend
+        if backend == "postgresql":
+            today = now.date()
+            wanted = {today + timedelta(days=i) for i in range(-1, settings.partitions_ahead_days + 1)}
+            existing = _partition_days(conn)
+            missing = wanted - existing
+            ensure_partitions(conn, missing)
+            report["created"] = sorted(partition_name(d) for d in missing)
+            if settings.retention is not None:
+                cutoff = (now - settings.retention).date()
+                for day in sorted(existing):
+                    if day + timedelta(days=1) <= cutoff:
+                        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(partition_name(day))))
+                        report["dropped"].append(partition_name(day))
+        elif backend == "timescaledb":
+            _apply_timescale_policies(conn, settings)
+        conn.execute("DELETE FROM ingest_batches WHERE committed_at < now() - interval '7 days'")
+    return report
+
+
+def _partition_days(conn: psycopg.Connection[Any]) -> set[date]:
+    rows = conn.execute(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = 'telemetry'::regclass"
+    ).fetchall()
+    days: set[date] = set()
+    for (name,) in rows:
+        m = re.fullmatch(r"telemetry_p(\d{8})", name)
+        if m:
+            days.add(datetime.strptime(m.group(1), "%Y%m%d").date())
+    return days
+
+
+def _apply_timescale_policies(conn: psycopg.Connection[Any], settings: StorageSettings) -> None:
+    conn.execute("SELECT remove_compression_policy('telemetry', if_exists => true)")
+    if settings.compress_after is not None:
+        conn.execute(
+            "SELECT add_compression_policy('telemetry', %s::interval)", (settings.compress_after,)
+        )
+    conn.execute("SELECT remove_retention_policy('telemetry', if_exists => true)")
+    if settings.retention is not None:
+        conn.execute("SELECT add_retention_policy('telemetry', %s::interval)", (settings.retention,))
+    conn.execute("SELECT remove_continuous_aggregate_policy('telemetry_1m', if_exists => true)")
+    conn.execute(
+        "SELECT add_continuous_aggregate_policy('telemetry_1m', start_offset => INTERVAL '1 day', "
+        "end_offset => INTERVAL '1 minute', schedule_interval => INTERVAL '1 minute')"
+    )
+
+
+def storage_info(dsn: str) -> dict[str, Any]:
+    """What `patrolgate db info` prints: backend, schema version, row counts and sizes."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        info: dict[str, Any] = {
+            "backend": current_backend(conn),
+            "schema_version": current_version(conn),
+            "code_schema_version": SCHEMA_VERSION,
+            "server_version": conn.info.server_version,
+        }
+        if info["backend"] is None:
+            return info
+        sizes: dict[str, Any] = {}
+        if info["backend"] == "timescaledb":
+            row = conn.execute("SELECT hypertable_size('telemetry')").fetchone()
+            sizes["telemetry_bytes"] = row[0] if row else None
+            info["chunks"] = conn.execute(
+                "SELECT count(*) FROM timescaledb_information.chunks WHERE hypertable_name = 'telemetry'"
+            ).fetchone()[0]  # type: ignore[index]
+            comp = conn.execute(
+                "SELECT before_compression_total_bytes, after_compression_total_bytes "
+                "FROM hypertable_compression_stats('telemetry')"
+            ).fetchone()
+            info["compression"] = {"before_bytes": comp[0], "after_bytes": comp[1]} if comp else None
+        else:
+            row = conn.execute(
+                "SELECT coalesce(sum(pg_total_relation_size(i.inhrelid)), 0) FROM pg_inherits i "
+                "WHERE i.inhparent = 'telemetry'::regclass"
+            ).fetchone()
+            sizes["telemetry_bytes"] = int(row[0]) if row else 0
+            info["partitions"] = sorted(partition_name(d) for d in _partition_days(conn))
+        for table in ("vehicles", "vehicle_latest", "events", "rejected"):
+            row = conn.execute(
+                sql.SQL("SELECT pg_total_relation_size({})").format(sql.Literal(table))
+            ).fetchone()
+            sizes[f"{table}_bytes"] = int(row[0]) if row else 0
+        info["sizes"] = sizes
+        counts: dict[str, int] = {}
+        for table in ("vehicles", "telemetry", "events", "rejected"):
+            row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()
+            counts[table] = int(row[0]) if row else 0
+        info["rows"] = counts
+        return info

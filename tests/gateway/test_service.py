@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from helpers import query
+
+pytestmark = pytest.mark.postgres
+
+_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, sys
+    from datetime import UTC, datetime, timedelta
+    from gateway.config import load_settings
+    from gateway.service import Gateway
+    from telemetry.model import Sample, VehicleKind
+
+    async def main() -> None:
+        gw = Gateway(load_settings())
+        task = asyncio.create_task(gw.run_until_signalled())
+        while gw.pipeline is None:
+            await asyncio.sleep(0.01)
+        t0 = datetime.now(UTC) - timedelta(minutes=10)
+        for i in range(0, 5000, 50):
+            await gw.pipeline([Sample(time=t0 + timedelta(milliseconds=j), vehicle=f"car-{j % 7:02d}",
+                                      kind=VehicleKind.PATROL_CAR, lat_deg=31.23, lon_deg=121.47)
+                               for j in range(i, i + 50)])
+        assert gw.writer.stats.written == 0, "nothing may be flushed before the signal in this test"
+        print("READY", flush=True)
+        await task
+        print("WRITTEN", gw.writer, flush=True)
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_sigterm_flushes_everything_before_exit(db: str, tmp_path: Path) -> None:
+    env = dict(os.environ)
+    env.update({
+        "PATROLGATE_DATABASE__DSN": db,
+        "PATROLGATE_WRITER__FLUSH_INTERVAL": "10m",
+        "PATROLGATE_WRITER__BATCH_ROWS": "1000000",
+        "PATROLGATE_WRITER__QUEUE_MAX_ROWS": "1000000",
+        "PATROLGATE_WRITER__SPOOL_DIR": str(tmp_path / "spool"),
+        "PATROLGATE_API__ENABLED": "false",
+        "PATROLGATE_MAVLINK__ENDPOINTS": "[]",
+    })
+    proc = subprocess.Popen([sys.executable, "-c", _SCRIPT], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.strip() == "READY", proc.stderr.read() if proc.stderr else ""
+    assert query(db, "SELECT count(*) FROM telemetry") == [(0,)]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert query(db, "SELECT count(*) FROM telemetry") == [(5000,)]
+    assert query(db, "SELECT count(*) FROM vehicle_latest") == [(7,)]
+
+
+def test_validation_rejections_are_stored_with_reason(db: str, tmp_path: Path) -> None:
+    import asyncio
+    from datetime import UTC, datetime, timedelta
+
+    from helpers import make_sample
+
+    from gateway.pipeline import Pipeline
+    from telemetry.writer import TelemetryWriter, WriterSettings
+
+    async def go() -> Pipeline:
+        writer = TelemetryWriter(db, WriterSettings(spool_dir=str(tmp_path / "spool")))
+        await writer.start()
+        pipeline = Pipeline(writer)
+        t = datetime.now(UTC) - timedelta(seconds=30)
+        await pipeline([make_sample("car-01", t), make_sample("car-01", t), make_sample("car-02", t, lat_deg=95.0)])
+        await writer.stop()
+        return pipeline
+
+    pipeline = asyncio.run(go())
+    assert query(db, "SELECT count(*) FROM telemetry") == [(1,)]
+    assert sorted(query(db, "SELECT reason, vehicle FROM rejected")) == [
+        ("duplicate", "car-01"), ("invalid_coordinates", "car-02")]
+    assert pipeline.stats()["rejected_by_reason"] == {"duplicate": 1, "invalid_coordinates": 1}

@@ -1,0 +1,36 @@
+"""Small builders shared by tests (imported as `from helpers import ...`; tests/ is on sys.path via conftest)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+
+from telemetry.model import Sample, VehicleKind
+
+
+def make_sample(vehicle: str = "car-01", t: datetime | None = None, **fields: Any) -> Sample:
+    base: dict[str, Any] = {
+        "time": t or datetime.now(UTC) - timedelta(seconds=5),
+        "vehicle": vehicle,
+        "kind": VehicleKind.PATROL_CAR if vehicle.startswith("car") else VehicleKind.DRONE,
+        "lat_deg": 31.2304,
+        "lon_deg": 121.4737,
+        "source": "test",
+    }
+    base.update(fields)
+    return Sample(**base)
+
+
+def fresh_database(server_dsn: str, name: str) -> str:
+    """Create an empty database on the session server and return its DSN."""
+    with psycopg.connect(server_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return server_dsn.rsplit("/", 1)[0] + f"/{name}"
+
+
+def query(dsn: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(sql, params or None).fetchall()  # type: ignore[arg-type]

@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from helpers import make_sample
+
+from telemetry.model import VehicleKind
+from telemetry.validation import Validator, haversine_m
+
+
+def test_accepts_a_plausible_sample() -> None:
+    v = Validator()
+    assert v.check(make_sample(ground_speed_mps=12.0, battery_pct=80.0, heading_deg=359.0)) is None
+    assert v.accepted == 1
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"lat_deg": math.nan}, "invalid_coordinates"),
+        ({"lon_deg": math.inf}, "invalid_coordinates"),
+        ({"lat_deg": 91.0}, "invalid_coordinates"),
+        ({"lon_deg": -180.5}, "invalid_coordinates"),
+        ({"lat_deg": 0.0, "lon_deg": 0.0}, "invalid_coordinates"),
+        ({"lat_deg": None}, "invalid_coordinates"),
+        ({"ground_speed_mps": 250.0}, "impossible_speed"),
+        ({"ground_speed_mps": -1.0}, "impossible_speed"),
+        ({"ground_speed_mps": math.nan}, "impossible_speed"),
+        ({"time": datetime.now(UTC) + timedelta(hours=2)}, "future_timestamp"),
+        ({"vehicle_time": datetime.now(UTC) + timedelta(days=1)}, "future_timestamp"),
+        ({"vehicle_time": datetime(1980, 1, 6, tzinfo=UTC)}, "stale_timestamp"),
+        ({"battery_pct": 140.0}, "out_of_range:battery_pct"),
+        ({"alt_msl_m": 50_000.0}, "out_of_range:alt_msl_m"),
+        ({"heading_deg": math.nan}, "out_of_range:heading_deg"),
+        ({"satellites": 900}, "out_of_range:satellites"),
+    ],
+)
+def test_rejects_with_reason(fields: dict[str, object], reason: str) -> None:
+    v = Validator()
+    assert v.check(make_sample(**fields)) == reason
+    assert v.rejected[reason] == 1
+    assert v.accepted == 0
+
+
+def test_no_fix_sample_without_position_is_accepted() -> None:
+    v = Validator()
+    assert v.check(make_sample(lat_deg=None, lon_deg=None, battery_pct=90.0)) is None
+
+
+def test_exact_duplicate_is_rejected_but_other_vehicle_is_not() -> None:
+    v = Validator()
+    t = datetime.now(UTC) - timedelta(seconds=1)
+    assert v.check(make_sample("car-01", t)) is None
+    assert v.check(make_sample("car-01", t)) == "duplicate"
+    assert v.check(make_sample("car-02", t)) is None
+    assert v.check(make_sample("car-01", t + timedelta(milliseconds=1))) is None
+
+
+def test_duplicate_uses_vehicle_time_when_present() -> None:
+    v = Validator()
+    vt = datetime.now(UTC) - timedelta(seconds=3)
+    now = datetime.now(UTC) - timedelta(seconds=1)
+    assert v.check(make_sample(t=now, vehicle_time=vt)) is None
+    # Same vehicle clock, received again later (a redelivery): still a duplicate.
+    assert v.check(make_sample(t=now + timedelta(seconds=1), vehicle_time=vt)) == "duplicate"
+
+
+def test_seeded_times_count_as_duplicates_after_restart() -> None:
+    v = Validator()
+    t = datetime.now(UTC) - timedelta(seconds=10)
+    v.seed("car-01", [t])
+    assert v.check(make_sample("car-01", t)) == "duplicate"
+
+
+def test_teleport_is_an_impossible_speed_but_heals_with_time() -> None:
+    v = Validator()
+    t = datetime.now(UTC) - timedelta(minutes=10)
+    assert v.check(make_sample("drone-1", t, kind=VehicleKind.DRONE)) is None
+    # 5 km away one second later: 5,000 m/s.
+    far = {"lat_deg": 31.2304 + 0.045, "kind": VehicleKind.DRONE}
+    assert v.check(make_sample("drone-1", t + timedelta(seconds=1), **far)) == "impossible_speed"
+    # GPS noise of a few metres is never a speed problem, even 10 ms apart.
+    near = {"lat_deg": 31.23042, "kind": VehicleKind.DRONE}
+    assert v.check(make_sample("drone-1", t + timedelta(milliseconds=10), **near)) is None
+    # Two minutes later the same far point is reachable (41 m/s < 60 m/s): accepted.
+    assert v.check(make_sample("drone-1", t + timedelta(minutes=2), **far)) is None
+
+
+def test_split_keeps_rejections_with_reason_and_detail() -> None:
+    v = Validator()
+    good, bad = v.split([make_sample(), make_sample("car-02", lat_deg=100.0)], source="mqtt")
+    assert len(good) == 1
+    assert [(r.reason, r.vehicle, r.source) for r in bad] == [("invalid_coordinates", "car-02", "test")]
+    assert "lat=100.0" in bad[0].detail
+
+
+def test_haversine_one_degree_of_latitude() -> None:
+    assert haversine_m(0, 0, 1, 0) == pytest.approx(111_195, rel=1e-3)

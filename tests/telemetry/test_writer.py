@@ -1,0 +1,193 @@
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from helpers import make_sample, query
+
+from gateway.embedded import EmbeddedPostgres
+from telemetry import storage
+from telemetry.model import Event, Rejection, VehicleInfo, VehicleKind
+from telemetry.writer import Batch, TelemetryWriter, WriterSettings
+
+pytestmark = pytest.mark.postgres
+
+
+def _settings(tmp_path: Path, **kw: object) -> WriterSettings:
+    base: dict[str, object] = {"batch_rows": 500, "flush_interval_s": 0.05, "spool_dir": str(tmp_path / "spool"),
+                               "backoff_initial_s": 0.05, "backoff_max_s": 0.5}
+    base.update(kw)
+    return WriterSettings(**base)  # type: ignore[arg-type]
+
+
+async def test_round_trip_of_every_field(db: str, tmp_path: Path) -> None:
+    t = datetime(2026, 11, 28, 8, 30, 1, 123456, tzinfo=UTC)
+    s = make_sample(
+        "drone-7", t, kind=VehicleKind.DRONE, vehicle_time=t - timedelta(milliseconds=40), lat_deg=31.2304561,
+        lon_deg=121.4737123, alt_msl_m=64.5, alt_rel_m=60.25, heading_deg=271.5, ground_speed_mps=9.75,
+        climb_mps=-0.5, roll_deg=2.5, pitch_deg=-4.0, yaw_deg=-88.5, battery_pct=76.5, battery_v=22.75,
+        mode="AUTO", armed=True, gps_fix=6, satellites=17, link_quality_pct=93.0,
+        extra={"hdop": 0.7, "landed_state": "in_air"}, source="mavlink:udpin:0.0.0.0:14550",
+    )
+    writer = TelemetryWriter(db, _settings(tmp_path))
+    await writer.start()
+    acked: list[int] = []
+    await writer.submit([s], vehicles=[VehicleInfo("drone-7", VehicleKind.DRONE, "mavlink", mavlink_sysid=7)],
+                        ack=lambda: acked.append(1))
+    await writer.stop()
+    assert acked == [1]
+    rows = query(db, "SELECT t.time, t.received_at, lat, lon, alt_msl_m, alt_rel_m, heading_deg, ground_speed_mps,"
+                     " climb_mps, roll_deg, pitch_deg, yaw_deg, battery_pct, battery_v, mode, armed, gps_fix,"
+                     " satellites, link_quality_pct, extra, v.id, v.kind, v.protocol, v.mavlink_sysid"
+                     " FROM telemetry t JOIN vehicles v ON v.key = t.vehicle_key")
+    assert rows == [(
+        t - timedelta(milliseconds=40), t, 31.2304561, 121.4737123, 64.5, 60.25, 271.5, 9.75, -0.5, 2.5, -4.0,
+        -88.5, 76.5, 22.75, "AUTO", True, 6, 17, 93.0, {"hdop": 0.7, "landed_state": "in_air"}, "drone-7",
+        "drone", "mavlink", 7,
+    )]
+    latest = query(db, "SELECT lat, battery_pct, mode FROM vehicle_latest")
+    assert latest == [(31.2304561, 76.5, "AUTO")]
+
+
+async def test_vehicle_latest_ignores_out_of_order_samples(db: str, tmp_path: Path) -> None:
+    t0 = datetime.now(UTC) - timedelta(minutes=5)
+    writer = TelemetryWriter(db, _settings(tmp_path))
+    await writer.start()
+    await writer.submit([make_sample("car-01", t0 + timedelta(seconds=10), battery_pct=50.0)])
+    await writer.flush()
+    # Older samples arrive later (a burst after reconnect): stored, but vehicle_latest stays at the newest.
+    await writer.submit([make_sample("car-01", t0 + timedelta(seconds=s), battery_pct=60.0 + s) for s in (1, 5, 9)])
+    await writer.flush()
+    # Within one batch too: newest first.
+    await writer.submit([make_sample("car-02", t0 + timedelta(seconds=s), battery_pct=float(s)) for s in (30, 20)])
+    await writer.stop()
+    assert query(db, "SELECT count(*) FROM telemetry") == [(6,)]
+    latest = dict(query(db, "SELECT v.id, l.battery_pct FROM vehicle_latest l "
+                            "JOIN vehicles v ON v.key = l.vehicle_key"))
+    assert latest == {"car-01": 50.0, "car-02": 30.0}
+
+
+async def test_events_rejections_and_old_days_get_partitions(db: str, tmp_path: Path) -> None:
+    old = datetime(2015, 7, 5, 0, 30, tzinfo=UTC)  # e.g. a replayed 2015 flight log
+    writer = TelemetryWriter(db, _settings(tmp_path))
+    await writer.start()
+    await writer.submit(
+        [make_sample("drone-1", old)],
+        events=[Event(old, "drone-1", "online", {"link": "udp"}, kind=VehicleKind.DRONE)],
+        rejections=[Rejection(old, "mavlink:test", "bad_crc", "crc 0x1234 != 0x4321", raw=b"\xfd\x00\x01")],
+    )
+    await writer.stop()
+    assert query(db, "SELECT count(*) FROM telemetry WHERE time < '2016-01-01'") == [(1,)]
+    assert query(db, "SELECT type, detail FROM events") == [("online", {"link": "udp"})]
+    assert query(db, "SELECT reason, raw FROM rejected") == [("bad_crc", b"\xfd\x00\x01")]
+    assert storage.partition_name(old.date()) in storage.storage_info(db)["partitions"]
+    assert writer.stats.rejected == {"bad_crc": 1}
+
+
+async def test_bad_row_is_isolated_and_the_rest_is_stored(db: str, tmp_path: Path) -> None:
+    writer = TelemetryWriter(db, _settings(tmp_path))
+    await writer.start()
+    t0 = datetime.now(UTC) - timedelta(minutes=1)
+    samples = [make_sample("car-01", t0 + timedelta(seconds=i)) for i in range(9)]
+    samples[4].mode = "bad\x00mode"  # NUL in text: PostgreSQL refuses the row (SQLSTATE 22021)
+    await writer.submit(samples)
+    await writer.stop()
+    assert query(db, "SELECT count(*) FROM telemetry") == [(8,)]
+    [(reason, vehicle)] = query(db, "SELECT reason, vehicle FROM rejected")
+    assert reason.startswith("storage_error:") and vehicle == "car-01"
+
+
+async def test_backpressure_blocks_producers_when_the_queue_is_full(db: str, tmp_path: Path) -> None:
+    writer = TelemetryWriter(db, _settings(tmp_path, queue_max_rows=100, batch_rows=50, flush_interval_s=5.0))
+    writer._executor.submit(lambda: __import__("time").sleep(0.5))  # keep the worker busy for a moment
+    await writer.start()
+    t0 = datetime.now(UTC) - timedelta(minutes=1)
+    for i in range(100):
+        await writer.submit([make_sample("car-01", t0 + timedelta(milliseconds=i))])
+    blocked = asyncio.create_task(writer.submit([make_sample("car-01", t0 + timedelta(seconds=1))]))
+    await asyncio.sleep(0.05)
+    assert writer.backlog_rows <= 100
+    await asyncio.wait_for(blocked, 5)
+    await writer.stop()
+    assert query(db, "SELECT count(*) FROM telemetry") == [(101,)]
+
+
+async def test_database_down_mid_stream_every_sample_exactly_once(tmp_path: Path) -> None:
+    """The database stops mid-stream and comes back: batches spool to disk and replay in order, no dupes."""
+    with EmbeddedPostgres(timescaledb=False) as pg:
+        storage.upgrade(pg.dsn)
+        writer = TelemetryWriter(pg.dsn, _settings(tmp_path, batch_rows=100))
+        await writer.start()
+        t0 = datetime.now(UTC) - timedelta(hours=1)
+        acked = 0
+
+        def ack() -> None:
+            nonlocal acked
+            acked += 1
+
+        async def produce(start: int, count: int) -> None:
+            for i in range(start, start + count, 10):
+                await writer.submit([make_sample(f"car-{j % 5:02d}", t0 + timedelta(milliseconds=j))
+                                     for j in range(i, i + 10)], ack=ack)
+                await asyncio.sleep(0.001)
+
+        await produce(0, 1000)
+        await writer.flush()
+        await asyncio.to_thread(pg.stop_server)
+        await produce(1000, 1500)  # written while the database is down: goes to the spool
+        await writer.flush()
+        assert writer.stats.spooled > 0
+        assert acked == 250  # spooled batches are acknowledged once fsynced
+        spool_files = list((tmp_path / "spool").glob("spool-*.seg"))
+        assert spool_files
+        await asyncio.to_thread(pg.start_server)
+        await produce(2500, 500)
+        for _ in range(200):
+            await writer.flush()
+            if writer.stats.spool_pending_batches == 0:
+                break
+            await asyncio.sleep(0.05)
+        await writer.stop()
+        rows = query(pg.dsn, "SELECT count(*), count(DISTINCT (vehicle_key, time)) FROM telemetry")
+        assert rows == [(3000, 3000)]
+        assert writer.stats.replayed == writer.stats.spooled
+        assert not list((tmp_path / "spool").glob("spool-*.seg"))
+
+
+async def test_spool_left_by_a_crash_is_replayed_at_start_without_duplicates(db: str, tmp_path: Path) -> None:
+    """A batch committed just before a crash but still in the spool is skipped (its id is known)."""
+    from telemetry.spool import Spool
+
+    t0 = datetime.now(UTC) - timedelta(minutes=3)
+    committed = Batch(samples=[make_sample("car-01", t0 + timedelta(seconds=i)) for i in range(3)])
+    pending = Batch(samples=[make_sample("car-01", t0 + timedelta(seconds=10 + i)) for i in range(4)])
+    first = TelemetryWriter(db, _settings(tmp_path))
+    await first.start()
+    await asyncio.get_running_loop().run_in_executor(first._executor, first._write, committed)
+    await first.stop()
+    spool = Spool(tmp_path / "spool")
+    spool.append(committed.encode())
+    spool.append(pending.encode())
+    with open(next((tmp_path / "spool").glob("spool-*.seg")), "ab") as fh:
+        fh.write(b"PGSP\x00\x00\x10\x00")  # a torn record: the crash happened mid-append
+    second = TelemetryWriter(db, _settings(tmp_path))
+    await second.start()
+    assert second.stats.spool_pending_batches == 2
+    await second.submit([make_sample("car-01", t0 + timedelta(seconds=30))])
+    await second.stop()
+    assert query(db, "SELECT count(*) FROM telemetry") == [(8,)]
+    assert second.stats.replayed == 4
+
+
+def test_batch_encoding_round_trip() -> None:
+    t = datetime(2026, 11, 28, 1, 2, 3, 456789, tzinfo=UTC)
+    batch = Batch(
+        samples=[make_sample("drone-1", t, kind=VehicleKind.DRONE, extra={"a": 1}, armed=False)],
+        events=[Event(t, "drone-1", "offline", {"after_s": 5}, kind=VehicleKind.DRONE, lat_deg=1.0, lon_deg=2.0)],
+        rejections=[Rejection(t, "mqtt", "bad_json", "x", vehicle="car-1", raw=b"\x00\xff", topic="a/b")],
+        vehicles=[VehicleInfo("drone-1", VehicleKind.DRONE, "mavlink", "Alpha", 1, None)],
+    )
+    again = Batch.decode(batch.encode())
+    assert again == batch
