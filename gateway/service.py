@@ -15,7 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 from drivers.base import Driver
-from gateway.config import GatewaySettings
+from gateway.config import GatewaySettings, MavlinkConfig
 from gateway.embedded import EmbeddedMosquitto, EmbeddedPostgres, ServiceError
 from gateway.fleet import Fleet
 from gateway.live import LiveState
@@ -52,6 +52,19 @@ def validation_limits(settings: GatewaySettings) -> ValidationLimits:
         max_speed_mps={VehicleKind.DRONE: v.max_speed_drone_mps, VehicleKind.PATROL_CAR: v.max_speed_car_mps},
         jump_noise_m=v.jump_noise_m, max_future_s=v.max_future.total_seconds(),
     )
+
+
+def mavlink_driver(cfg: MavlinkConfig) -> Driver:
+    from drivers.mavlink import DroneConfig, MavlinkDriver, MavlinkOptions
+
+    return MavlinkDriver(MavlinkOptions(
+        endpoints=list(cfg.endpoints), forward=list(cfg.forward),
+        drones={v.sysid: DroneConfig(v.id, v.name, bytes.fromhex(v.signing_key) if v.signing_key else None,
+                                     v.require_signing) for v in cfg.vehicles},
+        auto_register=cfg.auto_register, heartbeat_timeout_s=cfg.heartbeat_timeout.total_seconds(),
+        gcs_sysid=cfg.gcs_sysid, gcs_compid=cfg.gcs_compid, message_rates_hz=dict(cfg.message_rates_hz),
+        command_timeout_s=cfg.command_timeout.total_seconds(), command_retries=cfg.command_retries,
+    ))
 
 
 class Gateway:
@@ -103,9 +116,7 @@ class Gateway:
                 mqtt = mqtt.model_copy(update={"broker": self._broker.url})
                 log.warning("no MQTT broker configured: started an embedded mosquitto at %s", self._broker.url)
         if self.settings.mavlink.endpoints:
-            from drivers.mavlink import MavlinkDriver
-
-            self.drivers.append(MavlinkDriver.from_config(self.settings.mavlink))
+            self.drivers.append(mavlink_driver(self.settings.mavlink))
         if mqtt.broker is not None:
             from drivers.mqtt import MqttDriver
 
