@@ -42,7 +42,7 @@ async def replay_tlog(settings: GatewaySettings, path: Path, names: dict[int, st
         splitter = FrameSplitter()
         started = time.perf_counter()
         for count, (t, frame) in enumerate(read_tlog(path, splitter), 1):
-            driver.process(frame, utc_from_unix(t), source=source)
+            driver.process(frame, utc_from_unix(t), link=source)
             if count % 5000 == 0:
                 await driver._flush()
         junk = splitter.stats

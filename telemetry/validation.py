@@ -15,6 +15,7 @@ import math
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from operator import attrgetter
 
 from telemetry.model import Rejection, Sample, VehicleKind, utcnow
 
@@ -79,6 +80,12 @@ class Validator:
 
     def __init__(self, limits: ValidationLimits | None = None) -> None:
         self.limits = limits or ValidationLimits()
+        names = tuple(self.limits.ranges)
+        self._range_names = names
+        self._range_values = attrgetter(*names)
+        self._range_bounds = tuple(
+            (-math.inf if lo is None else lo, math.inf if hi is None else hi) for lo, hi in self.limits.ranges.values()
+        )
         self.rejected: Counter[str] = Counter()
         self.accepted = 0
         self._vehicles: dict[str, _VehicleState] = {}
@@ -91,7 +98,8 @@ class Validator:
 
     def check(self, sample: Sample, now: datetime | None = None) -> str | None:
         """The reason code when ``sample`` must be rejected, else None (and the sample is remembered)."""
-        reason = self._reason(sample, now or utcnow())
+        now = now or utcnow()
+        reason = self._reason(sample, now + timedelta(seconds=self.limits.max_future_s))
         if reason is None:
             self._remember(sample)
             self.accepted += 1
@@ -102,45 +110,42 @@ class Validator:
     def split(self, samples: list[Sample], source: str) -> tuple[list[Sample], list[Rejection]]:
         """Partition a driver's samples into accepted ones and rejections ready to store."""
         now = utcnow()
+        horizon = now + timedelta(seconds=self.limits.max_future_s)
         good: list[Sample] = []
         bad: list[Rejection] = []
+        reason_for, remember, rejected = self._reason, self._remember, self.rejected
         for s in samples:
-            reason = self.check(s, now)
+            reason = reason_for(s, horizon)
             if reason is None:
+                remember(s)
                 good.append(s)
             else:
+                rejected[reason] += 1
                 bad.append(
                     Rejection(time=now, source=s.source or source, reason=reason, vehicle=s.vehicle,
                               detail=describe(s))
                 )
+        self.accepted += len(good)
         return good, bad
 
-    def _reason(self, s: Sample, now: datetime) -> str | None:
+    def _reason(self, s: Sample, horizon: datetime) -> str | None:
         lat, lon = s.lat_deg, s.lon_deg
-        if (lat is None) != (lon is None):
-            return "invalid_coordinates"
-        if lat is not None and lon is not None and (
-            not (math.isfinite(lat) and math.isfinite(lon))
-            or not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0)
-            or (lat == 0.0 and lon == 0.0)
-        ):
-            return "invalid_coordinates"
+        if lat is None or lon is None:
+            if lat is not lon:
+                return "invalid_coordinates"
+        elif not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0) or (lat == 0.0 and lon == 0.0):
+            return "invalid_coordinates"  # NaN fails the comparisons too
         limit = self.limits.max_speed_mps.get(s.kind, 70.0)
         speed = s.ground_speed_mps
-        if speed is not None and (not math.isfinite(speed) or speed < 0 or speed > limit):
+        if speed is not None and not 0.0 <= speed <= limit:
             return "impossible_speed"
-        horizon = now + timedelta(seconds=self.limits.max_future_s)
-        if s.time > horizon or (s.vehicle_time is not None and s.vehicle_time > horizon):
+        vehicle_time = s.vehicle_time
+        if s.time > horizon or (vehicle_time is not None and vehicle_time > horizon):
             return "future_timestamp"
-        if s.vehicle_time is not None and s.vehicle_time < _EPOCH_2000:
+        if vehicle_time is not None and vehicle_time < _EPOCH_2000:
             return "stale_timestamp"
-        for name, (lo, hi) in self.limits.ranges.items():
-            value = getattr(s, name)
-            if value is None:
-                continue
-            if isinstance(value, float) and not math.isfinite(value):
-                return f"out_of_range:{name}"
-            if (lo is not None and value < lo) or (hi is not None and value > hi):
+        for value, (lo, hi), name in zip(self._range_values(s), self._range_bounds, self._range_names, strict=True):
+            if value is not None and not lo <= value <= hi:
                 return f"out_of_range:{name}"
         state = self._vehicles.get(s.vehicle)
         if state is None:

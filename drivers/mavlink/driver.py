@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -121,7 +120,7 @@ class _Drone:
         self.lost = 0
         self.window_received = 0
         self.window_lost = 0
-        self.recent: deque[bytes] = deque(maxlen=64)
+        self.recent: dict[int, None] = {}  # insertion-ordered: the oldest is evicted first
 
 
 class _LinkCounters:
@@ -151,8 +150,8 @@ class MavlinkDriver(Driver):
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._counters: dict[str, _LinkCounters] = {}
-        self._stream_splitters: dict[Peer, FrameSplitter] = {}
-        self._datagram_splitters: dict[str, FrameSplitter] = {}
+        self._splitters: dict[Any, tuple[FrameSplitter, str]] = {}
+        self._gcs_splitters: dict[Any, FrameSplitter] = {}
         self._paused = False
         self._reject_budget: dict[str, tuple[float, int]] = {}
         self._signing = SigningPolicy(
@@ -200,42 +199,38 @@ class MavlinkDriver(Driver):
 
     # -- inbound -----------------------------------------------------------------------------------------
 
-    def _splitter_for(self, peer: Peer) -> FrameSplitter:
-        if peer.stream:
-            splitter = self._stream_splitters.get(peer)
-            if splitter is None:
-                splitter = self._stream_splitters[peer] = FrameSplitter()
-                self._counters[str(peer.endpoint.url)].splitters.append(splitter)
-            return splitter
-        key = str(peer.endpoint.url)
-        splitter = self._datagram_splitters.get(key)
-        if splitter is None:
-            splitter = self._datagram_splitters[key] = FrameSplitter()
-            self._counters.setdefault(key, _LinkCounters()).splitters.append(splitter)
-        return splitter
+    def _splitter_for(self, peer: Peer) -> tuple[FrameSplitter, str]:
+        """One splitter per stream (TCP connection, serial port) or per datagram endpoint, and the link name."""
+        key: Any = peer if peer.stream else peer.endpoint
+        entry = self._splitters.get(key)
+        if entry is None:
+            link = str(peer.endpoint.url)
+            entry = self._splitters[key] = (FrameSplitter(), link)
+            self._counter(link).splitters.append(entry[0])
+        return entry
 
     def _on_vehicle_data(self, data: bytes, peer: Peer) -> None:
-        splitter = self._splitter_for(peer)
+        splitter, link = self._splitter_for(peer)
         stats = splitter.stats
         bad_before = stats.junk_bytes
-        frames = splitter.feed(data, final=not peer.stream)
+        frames = splitter.feed(data, not peer.stream)
         if stats.junk_bytes != bad_before:
-            self._reject_raw(str(peer.endpoint.url), data, stats)
+            self._reject_raw(link, data, stats)
         if frames:
             now = utcnow()
             forwards = self._forwards
+            process = self.process
             for frame in frames:
                 if forwards:
                     raw = frame.raw
                     for out in forwards:
                         out.broadcast(raw)
-                self.process(frame, now, peer)
+                process(frame, now, peer, link)
 
-    def process(self, frame: Frame, now: datetime, peer: Peer | None = None, source: str | None = None) -> None:
-        """Handle one valid frame received at ``now`` (UTC); also the entry point of tlog replay."""
+    def process(self, frame: Frame, now: datetime, peer: Peer | None = None, link: str = "replay") -> None:
+        """Handle one valid frame received at ``now`` (UTC) on ``link``; also the entry point of tlog replay."""
         self.frames_total += 1
         sysid = frame.sysid
-        link = str(peer.endpoint.url) if peer is not None else (source or "replay")
         if self._check_signing:
             reason = self._signing.check(frame)
             if reason is not None:
@@ -252,26 +247,29 @@ class MavlinkDriver(Driver):
             if drone is None:
                 self._counter(link).unregistered += 1
                 return
-        # The same frame on a second link: keep one copy (seq + msgid + CRC identify it).
+        # The same frame on a second link: keep one copy. Message id, sequence number and CRC identify it.
         raw = frame.raw
-        ident = raw[2:10] + raw[-2:] if raw[0] == 0xFD else raw[2:6] + raw[-2:]
-        if frame.signed:
-            ident = raw[-15:]
+        seq = frame.seq
+        crc_at = -15 if raw[0] == 0xFD and raw[2] & 1 else -2
+        ident = (msgid << 32) | (frame.compid << 24) | (seq << 16) | (raw[crc_at] << 8) | raw[crc_at + 1]
         recent = drone.recent
         if ident in recent:
             self._counter(link).duplicates += 1
             return
-        recent.append(ident)
+        recent[ident] = None
+        if len(recent) > 64:
+            del recent[next(iter(recent))]
         if peer is not None:
             drone.peer = peer
         # Sequence gaps (per component) give packet loss.
-        last = drone.last_seq.get(frame.compid)
+        compid = frame.compid
+        last = drone.last_seq.get(compid)
         if last is not None:
-            gap = (frame.seq - last - 1) & 0xFF
+            gap = (seq - last - 1) & 0xFF
             if gap and gap < 128:
                 drone.lost += gap
                 drone.window_lost += gap
-        drone.last_seq[frame.compid] = frame.seq
+        drone.last_seq[compid] = seq
         drone.received += 1
         drone.window_received += 1
         decoder = decoder_for(msgid)
@@ -377,11 +375,10 @@ class MavlinkDriver(Driver):
     # -- GCS relay ---------------------------------------------------------------------------------------
 
     def _on_gcs_data(self, data: bytes, peer: Peer) -> None:
-        splitter = self._stream_splitters.get(peer) if peer.stream else None
+        key: Any = peer if peer.stream else peer.endpoint
+        splitter = self._gcs_splitters.get(key)
         if splitter is None:
-            splitter = FrameSplitter()
-            if peer.stream:
-                self._stream_splitters[peer] = splitter
+            splitter = self._gcs_splitters[key] = FrameSplitter()
         for frame in splitter.feed(data, final=not peer.stream):
             decoder = decoder_for(frame.msgid)
             target = getattr(decoder(frame.payload), "target_system", 0) if decoder else 0

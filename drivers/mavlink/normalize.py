@@ -179,9 +179,7 @@ class DroneState:
         vehicle_time = None
         if time_boot_ms is not None and self._boot_epoch_ms is not None:
             vehicle_time = _EPOCH + timedelta(milliseconds=self._boot_epoch_ms + time_boot_ms)
-        extra: dict[str, Any] = {}
-        if time_boot_ms is not None:
-            extra["time_boot_ms"] = time_boot_ms
+        extra: dict[str, Any] = {"time_boot_ms": time_boot_ms} if time_boot_ms is not None else {}
         if self.hdop is not None:
             extra["hdop"] = self.hdop
         if self.current_a is not None:
@@ -190,22 +188,17 @@ class DroneState:
             extra["landed_state"] = self.landed_state
         if self.mission_seq is not None:
             extra["mission_seq"] = self.mission_seq
-        if self.home is not None:
-            extra["home_lat"], extra["home_lon"], extra["home_alt_msl_m"] = self.home
-        if self.groundspeed_mps is not None and speed_mps is None:
-            speed_mps = self.groundspeed_mps
         if self.extra_static:
             extra.update(self.extra_static)
+        if speed_mps is None:
+            speed_mps = self.groundspeed_mps
         climb = self.climb_mps if self.climb_mps is not None else (-vz if vz is not None else None)
+        # Positional, in field order: this runs for every position of every drone.
         return Sample(
-            time=now, vehicle=self.vehicle, kind=self.kind,
-            lat_deg=None if no_fix else lat_e7 / 1e7, lon_deg=None if no_fix else lon_e7 / 1e7,
-            vehicle_time=vehicle_time, alt_msl_m=None if no_fix else alt_msl_m,
-            alt_rel_m=alt_rel_m, heading_deg=heading_deg, ground_speed_mps=speed_mps, climb_mps=climb,
-            roll_deg=self.roll_deg, pitch_deg=self.pitch_deg, yaw_deg=self.yaw_deg,
-            battery_pct=self.battery_pct, battery_v=self.battery_v, mode=self.mode, armed=self.armed,
-            gps_fix=self.gps_fix, satellites=self.satellites, link_quality_pct=self.link_quality_pct,
-            extra=extra or None, source=self.source,
+            now, self.vehicle, self.kind, None if no_fix else lat_e7 / 1e7, None if no_fix else lon_e7 / 1e7,
+            vehicle_time, None if no_fix else alt_msl_m, alt_rel_m, heading_deg, speed_mps, climb,
+            self.roll_deg, self.pitch_deg, self.yaw_deg, self.battery_pct, self.battery_v, self.mode, self.armed,
+            self.gps_fix, self.satellites, self.link_quality_pct, extra or None, self.source,
         )
 
 

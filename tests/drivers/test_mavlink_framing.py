@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import importlib.util
 import math
 import pickle
 import random
@@ -535,12 +534,8 @@ def test_stats_count_frames_and_bytes() -> None:
 
 
 def test_benchmark_functions_run() -> None:
-    spec = importlib.util.spec_from_file_location(
-        "mavlink_decode_bench", PROJECT_ROOT / "benchmarks" / "mavlink_decode.py"
-    )
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    from gateway.bench import mavlink_decode as bench
+
     datagrams = bench.build_mix(drones=3, seconds=2)
     assert len(datagrams) == 3 * 2 * sum(bench.RATES_HZ.values())
     assert all(d[0] == 0xFD for d in datagrams)

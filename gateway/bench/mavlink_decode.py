@@ -6,7 +6,7 @@ same bytes: a realistic fleet mix of MAVLink 2 frames, one frame per UDP datagra
 arrival order. The functions are importable (``build_mix``, ``pymavlink_ceiling``,
 ``fast_path_rate``, ``run``) for ``patrolgate bench mavlink``.
 
-    python benchmarks/mavlink_decode.py [--drones 50] [--seconds 10] [--repeat 5] [--json]
+    python -m gateway.bench.mavlink_decode [--drones 50] [--seconds 10] [--repeat 5] [--json]
 """
 
 from __future__ import annotations
@@ -18,18 +18,12 @@ import random
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from pymavlink.dialects.v20 import ardupilotmega as dialect
 
-try:
-    from drivers.mavlink.fastdecode import decode_fast
-    from drivers.mavlink.framing import FrameSplitter
-except ModuleNotFoundError:  # a clone without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from drivers.mavlink.fastdecode import decode_fast
-    from drivers.mavlink.framing import FrameSplitter
+from drivers.mavlink.fastdecode import decode_fast
+from drivers.mavlink.framing import FrameSplitter
 
 __all__ = ["RATES_HZ", "build_mix", "fast_path_rate", "main", "pymavlink_ceiling", "run"]
 
