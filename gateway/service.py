@@ -15,7 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 from drivers.base import Driver
-from gateway.config import GatewaySettings, MavlinkConfig
+from gateway.config import GatewaySettings, MavlinkConfig, MqttConfig
 from gateway.embedded import EmbeddedMosquitto, EmbeddedPostgres, ServiceError
 from gateway.fleet import Fleet
 from gateway.live import LiveState
@@ -67,6 +67,21 @@ def mavlink_driver(cfg: MavlinkConfig) -> Driver:
     ))
 
 
+def mqtt_driver(cfg: MqttConfig) -> Driver:
+    from drivers.mqtt import MqttDriver, MqttOptions
+
+    assert cfg.broker is not None
+    return MqttDriver(MqttOptions(
+        broker=cfg.broker, prefix=cfg.prefix, client_id=cfg.client_id, username=cfg.username,
+        password=cfg.password, protocol=cfg.protocol, tls_ca_file=str(cfg.tls_ca_file) if cfg.tls_ca_file else None,
+        tls_insecure=cfg.tls_insecure, keepalive_s=cfg.keepalive_s,
+        session_expiry_s=int(cfg.session_expiry.total_seconds()), shared_group=cfg.shared_group,
+        max_inflight=cfg.max_inflight, open_registration=cfg.open_registration,
+        allowed_vehicles=set(cfg.allowed_vehicles), silence_timeout_s=cfg.silence_timeout.total_seconds(),
+        command_timeout_s=cfg.command_timeout.total_seconds(),
+    ))
+
+
 class Gateway:
     """One gateway instance. ``embedded_broker`` starts a throwaway mosquitto when MQTT has no broker set."""
 
@@ -97,7 +112,11 @@ class Gateway:
             log.info("database migrated to schema %s", applied[-1])
         self.writer = TelemetryWriter(self.dsn, writer_settings(self.settings))
         await self.writer.start()
-        self.pipeline = Pipeline(self.writer, Validator(validation_limits(self.settings)), self.live)
+        validator = Validator(validation_limits(self.settings))
+        # Messages in flight at the last stop may be redelivered: recognise them as duplicates.
+        for vehicle, times in (await asyncio.to_thread(storage.recent_key_times, self.dsn)).items():
+            validator.seed(vehicle, times)
+        self.pipeline = Pipeline(self.writer, validator, self.live)
         self._tasks.append(asyncio.create_task(self._housekeeping(st), name="patrolgate-housekeeping"))
         await self._start_drivers()
         if self.settings.api.enabled:
@@ -118,9 +137,7 @@ class Gateway:
         if self.settings.mavlink.endpoints:
             self.drivers.append(mavlink_driver(self.settings.mavlink))
         if mqtt.broker is not None:
-            from drivers.mqtt import MqttDriver
-
-            self.drivers.append(MqttDriver.from_config(mqtt))
+            self.drivers.append(mqtt_driver(mqtt))
         for driver in self.drivers:
             await driver.start(self.pipeline)
             self.fleet.add(driver)

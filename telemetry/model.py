@@ -127,6 +127,9 @@ class Sample:
     link_quality_pct: float | None = None
     extra: dict[str, Any] | None = None
     source: str = ""
+    #: The raw message this sample came from, not stored with it: kept only so that a rejection of the
+    #: sample can keep the original bytes (set by drivers whose messages carry one sample or a few).
+    raw: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def key_time(self) -> datetime:

@@ -26,6 +26,7 @@ __all__ = [
     "ensure_partitions",
     "maintain",
     "partition_name",
+    "recent_key_times",
     "storage_info",
     "upgrade",
 ]
@@ -289,3 +290,27 @@ def storage_info(dsn: str) -> dict[str, Any]:
             counts[table] = int(row[0]) if row else 0
         info["rows"] = counts
         return info
+
+
+def recent_key_times(
+    dsn: str, window: timedelta = timedelta(minutes=2), limit: int = 50_000
+) -> dict[str, list[datetime]]:
+    """Fix times of the newest stored samples per vehicle, for the duplicate check after a restart.
+
+    A broker redelivers what was in flight when the gateway stopped: messages committed but not yet
+    acknowledged. They are among the last samples stored, so the newest ``limit`` within ``window`` of the
+    newest one suffice (``vehicle_latest`` gives that newest time without scanning ``telemetry``).
+    """
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        newest = conn.execute("SELECT max(time) FROM vehicle_latest").fetchone()
+        if not newest or newest[0] is None:
+            return {}
+        rows = conn.execute(
+            "SELECT v.id, t.time FROM telemetry t JOIN vehicles v ON v.key = t.vehicle_key "
+            "WHERE t.time > %s ORDER BY t.time DESC LIMIT %s",
+            (newest[0] - window, limit),
+        ).fetchall()
+    out: dict[str, list[datetime]] = {}
+    for vehicle, t in reversed(rows):
+        out.setdefault(vehicle, []).append(t)
+    return out

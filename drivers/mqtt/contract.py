@@ -1,0 +1,231 @@
+"""The MQTT contract, version 1 (docs/mqtt.md): topics, and payloads decoded into the telemetry model.
+
+Decoding is strict about types and lenient about extras: a field of the wrong type, a missing required field or
+an unknown contract version rejects the payload (or, in a batch, that one element) with a reason code; fields
+the contract does not name are kept in ``Sample.extra``. Range checks (coordinates, speeds, clocks) are left to
+the pipeline's validation, the same for every protocol. Reason codes: ``bad_topic``, ``bad_json``,
+``not_an_object``, ``unknown_version``, ``missing_field:<name>``, ``wrong_type:<name>``, ``batch_too_large``,
+``empty_batch``, ``bad_status``, ``vehicle_not_allowed``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from telemetry.model import Event, Sample, VehicleKind
+
+__all__ = [
+    "CONTRACT_VERSION",
+    "MAX_BATCH",
+    "ContractError",
+    "Topic",
+    "decode_ack",
+    "decode_event",
+    "decode_status",
+    "decode_telemetry",
+    "encode_command",
+    "parse_topic",
+]
+
+CONTRACT_VERSION = 1
+MAX_BATCH = 1000
+VEHICLE_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_KINDS = {"patrol_car": VehicleKind.PATROL_CAR, "drone": VehicleKind.DRONE}
+
+# contract field -> (Sample attribute or None for extra, accepted JSON types)
+_NUM = (int, float)
+_FIELDS: dict[str, tuple[str | None, tuple[type, ...]]] = {
+    "alt_m": ("alt_msl_m", _NUM),
+    "alt_rel_m": ("alt_rel_m", _NUM),
+    "speed_mps": ("ground_speed_mps", _NUM),
+    "climb_mps": ("climb_mps", _NUM),
+    "heading_deg": ("heading_deg", _NUM),
+    "roll_deg": ("roll_deg", _NUM),
+    "pitch_deg": ("pitch_deg", _NUM),
+    "yaw_deg": ("yaw_deg", _NUM),
+    "battery_pct": ("battery_pct", _NUM),
+    "battery_v": ("battery_v", _NUM),
+    "mode": ("mode", (str,)),
+    "armed": ("armed", (bool,)),
+    "gps_fix": ("gps_fix", (int,)),
+    "satellites": ("satellites", (int,)),
+    "link_quality_pct": ("link_quality_pct", _NUM),
+    "fuel_pct": (None, _NUM),
+    "odometer_m": (None, _NUM),
+    "rssi_dbm": (None, _NUM),
+    "seq": (None, (int,)),
+}
+_CORE = {"v", "ts", "lat", "lon", "kind"}
+
+
+class ContractError(ValueError):
+    """A message breaks the contract; ``reason`` is the code stored with the rejection."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    vehicle: str
+    channel: str  # telemetry | status | event | cmd/ack
+
+
+def parse_topic(topic: str, prefix: str) -> Topic:
+    """``{prefix}/{vehicle_id}/{channel}`` -> Topic; raises ContractError('bad_topic')."""
+    if not topic.startswith(prefix + "/"):
+        raise ContractError("bad_topic", f"{topic!r} is not under {prefix!r}")
+    rest = topic[len(prefix) + 1 :]
+    vehicle, _, channel = rest.partition("/")
+    if not VEHICLE_ID_RE.match(vehicle) or channel not in ("telemetry", "status", "event", "cmd/ack"):
+        raise ContractError("bad_topic", f"{topic!r}: expected {prefix}/<vehicle_id>/(telemetry|status|event|cmd/ack)")
+    return Topic(vehicle, channel)
+
+
+def _load(payload: bytes) -> Any:
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise ContractError("bad_json", str(exc)) from None
+
+
+def _check_version(doc: dict[str, Any]) -> None:
+    version = doc.get("v")
+    if version is None:
+        raise ContractError("missing_field:v", "every payload carries the contract version, 'v': 1")
+    if version != CONTRACT_VERSION or isinstance(version, bool):
+        raise ContractError("unknown_version", f"v={version!r}; this gateway speaks v={CONTRACT_VERSION}")
+
+
+def _number(doc: dict[str, Any], name: str) -> float:
+    value = doc.get(name)
+    if value is None:
+        raise ContractError(f"missing_field:{name}")
+    if not isinstance(value, _NUM) or isinstance(value, bool):
+        raise ContractError(f"wrong_type:{name}", f"expected a number, got {type(value).__name__}")
+    return float(value)
+
+
+def _ts(doc: dict[str, Any]) -> datetime:
+    ts = doc.get("ts")
+    if ts is None:
+        raise ContractError("missing_field:ts")
+    if not isinstance(ts, int) or isinstance(ts, bool):
+        raise ContractError("wrong_type:ts", "expected integer milliseconds since the Unix epoch (UTC)")
+    try:
+        return _EPOCH + timedelta(milliseconds=ts)
+    except OverflowError:
+        raise ContractError("wrong_type:ts", f"{ts} ms is not a representable time") from None
+
+
+def _sample(doc: Any, vehicle: str, received: datetime, source: str, raw: bytes) -> Sample:
+    if not isinstance(doc, dict):
+        raise ContractError("not_an_object", f"expected a JSON object, got {type(doc).__name__}")
+    _check_version(doc)
+    vehicle_time = _ts(doc)
+    lat, lon = _number(doc, "lat"), _number(doc, "lon")
+    kind_name = doc.get("kind", "patrol_car")
+    kind = _KINDS.get(kind_name) if isinstance(kind_name, str) else None
+    if kind is None:
+        raise ContractError("wrong_type:kind", f"expected 'patrol_car' or 'drone', got {kind_name!r}")
+    sample = Sample(received, vehicle, kind, lat, lon, vehicle_time, source=source, raw=raw)
+    extra: dict[str, Any] = {}
+    for key, value in doc.items():
+        if key in _CORE or value is None:
+            continue
+        spec = _FIELDS.get(key)
+        if spec is None:
+            extra[key] = value  # not in the contract: kept, not rejected
+            continue
+        attr, types = spec
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise ContractError(f"wrong_type:{key}", f"got {type(value).__name__}")
+        if attr is None:
+            extra[key] = value
+        else:
+            setattr(sample, attr, float(value) if types is _NUM else value)
+    if extra:
+        sample.extra = extra
+    return sample
+
+
+def decode_telemetry(payload: bytes, vehicle: str, received: datetime,
+                     source: str) -> tuple[list[Sample], list[ContractError]]:
+    """One object or a batch array -> samples, plus one error per bad element (the good ones are kept)."""
+    doc = _load(payload)
+    if isinstance(doc, list):
+        if not doc:
+            raise ContractError("empty_batch")
+        if len(doc) > MAX_BATCH:
+            raise ContractError("batch_too_large", f"{len(doc)} samples; at most {MAX_BATCH} per message")
+        samples: list[Sample] = []
+        errors: list[ContractError] = []
+        for i, element in enumerate(doc):
+            try:
+                samples.append(_sample(element, vehicle, received, source, payload))
+            except ContractError as exc:
+                errors.append(ContractError(exc.reason, f"element {i}: {exc.detail}"))
+        return samples, errors
+    return [_sample(doc, vehicle, received, source, payload)], []
+
+
+def decode_status(payload: bytes) -> bool:
+    """The plain text ``online`` / ``offline`` -> True / False."""
+    text = payload.strip().lower()
+    if text == b"online":
+        return True
+    if text == b"offline":
+        return False
+    raise ContractError("bad_status", f"expected 'online' or 'offline', got {payload[:40]!r}")
+
+
+def decode_event(payload: bytes, vehicle: str, kind: VehicleKind | None) -> Event:
+    doc = _load(payload)
+    if not isinstance(doc, dict):
+        raise ContractError("not_an_object")
+    _check_version(doc)
+    event_type = doc.get("type")
+    if not isinstance(event_type, str) or not event_type or len(event_type) > 40:
+        raise ContractError("wrong_type:type", "expected a short event type word such as 'sos'")
+    detail = doc.get("detail") or {}
+    if not isinstance(detail, dict):
+        raise ContractError("wrong_type:detail", "expected a JSON object")
+    if "id" in doc:
+        detail = {**detail, "event_id": doc["id"]}
+    lat = doc.get("lat")
+    lon = doc.get("lon")
+    return Event(_ts(doc), vehicle, event_type, detail, kind=kind,
+                 lat_deg=float(lat) if isinstance(lat, _NUM) else None,
+                 lon_deg=float(lon) if isinstance(lon, _NUM) else None)
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    command_id: str
+    result: str
+    reason: str | None
+
+
+def decode_ack(payload: bytes) -> Ack:
+    doc = _load(payload)
+    if not isinstance(doc, dict):
+        raise ContractError("not_an_object")
+    _check_version(doc)
+    command_id, result = doc.get("id"), doc.get("result")
+    if not isinstance(command_id, str) or result not in ("accepted", "rejected", "unsupported", "failed"):
+        raise ContractError("wrong_type:result", "an ack needs a string 'id' and a known 'result'")
+    reason = doc.get("reason")
+    return Ack(command_id, result, reason if isinstance(reason, str) else None)
+
+
+def encode_command(command_id: str, command_type: str, params: dict[str, Any], now: datetime) -> bytes:
+    return orjson.dumps({"v": CONTRACT_VERSION, "id": command_id, "ts": int(now.timestamp() * 1000),
+                         "type": command_type, "params": params})

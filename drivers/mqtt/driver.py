@@ -1,0 +1,328 @@
+"""The MQTT driver: patrol cars (and MQTT drones / docks) speaking the v1 contract (docs/mqtt.md).
+
+Inbound: every message is decoded (``contract``) into samples, events or rejections and queued; a flusher task
+hands the queue to ``emit`` with an ack callback, and only when the writer reports the rows durable are the
+messages' PUBACKs sent. So a message the broker delivered is either stored or redelivered after a crash, never
+lost; a payload that breaks the contract is stored in ``rejected`` (with topic and raw bytes) and then acked.
+Redelivered duplicates are caught by the pipeline's duplicate check (same vehicle, same ``ts``).
+
+Online/offline: the retained ``status`` topic (the car's last will says ``offline``) and telemetry silence.
+Commands: published at QoS 1 on ``.../cmd``, answered on ``.../cmd/ack`` by id, with a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from drivers.base import Driver, Emit
+from drivers.commands import (
+    Command,
+    CommandRejected,
+    CommandResult,
+    CommandTimeout,
+    FollowRoute,
+    Goto,
+    ReturnHome,
+    UnknownVehicle,
+    UnsupportedCommand,
+)
+from drivers.mqtt.client import MqttClient
+from drivers.mqtt.contract import (
+    ContractError,
+    decode_ack,
+    decode_event,
+    decode_status,
+    decode_telemetry,
+    encode_command,
+    parse_topic,
+)
+from telemetry.model import Event, EventType, Rejection, Sample, VehicleInfo, VehicleKind, utcnow
+
+__all__ = ["MqttDriver", "MqttOptions"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class MqttOptions:
+    """Driver settings (the gateway maps its configuration onto these). Times in seconds."""
+
+    broker: str = "mqtt://127.0.0.1:1883"
+    prefix: str = "patrolgate/v1"
+    client_id: str = "patrolgate-gateway"
+    username: str | None = None
+    password: str | None = None
+    protocol: str = "auto"
+    tls_ca_file: str | None = None
+    tls_insecure: bool = False
+    keepalive_s: int = 30
+    session_expiry_s: int = 86_400
+    shared_group: str | None = None
+    max_inflight: int = 1000
+    open_registration: bool = True
+    allowed_vehicles: set[str] = field(default_factory=set)
+    silence_timeout_s: float = 30.0
+    command_timeout_s: float = 10.0
+    flush_interval_s: float = 0.02
+
+
+@dataclass(slots=True)
+class _Vehicle:
+    kind: VehicleKind
+    online: bool = False
+    last_telemetry: float = 0.0
+
+
+class MqttDriver(Driver):
+    name = "mqtt"
+
+    def __init__(self, options: MqttOptions | None = None) -> None:
+        self.options = options or MqttOptions()
+        self._emit: Emit | None = None
+        self._client: MqttClient | None = None
+        self._vehicles: dict[str, _Vehicle] = {}
+        self._samples: list[Sample] = []
+        self._events: list[Event] = []
+        self._rejections: list[Rejection] = []
+        self._new_vehicles: list[VehicleInfo] = []
+        self._to_ack: list[tuple[int, int]] = []
+        self._acks: dict[str, asyncio.Future[Any]] = {}
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.counters: dict[str, int] = {"messages": 0, "samples": 0, "events": 0, "rejected": 0, "commands": 0}
+        self.rejected_by_reason: dict[str, int] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+
+    async def start(self, emit: Emit) -> None:
+        o = self.options
+        self._emit = emit
+        self._client = MqttClient(
+            o.broker, o.client_id, self._on_message, username=o.username, password=o.password,
+            protocol=o.protocol, tls_ca_file=o.tls_ca_file, tls_insecure=o.tls_insecure,
+            keepalive_s=o.keepalive_s, session_expiry_s=o.session_expiry_s, max_inflight=o.max_inflight,
+        )
+        await self._client.start()
+        shared = f"$share/{o.shared_group}/" if o.shared_group else ""
+        topics = [f"{shared}{o.prefix}/+/{channel}" for channel in ("telemetry", "status", "event")]
+        # Acks go to every instance, not one of the group: only the instance that sent a command waits for it.
+        topics.append(f"{o.prefix}/+/cmd/ack")
+        await self._client.subscribe(topics, qos=1)
+        self._tasks.append(asyncio.create_task(self._flush_loop(), name="mqtt-flush"))
+        self._tasks.append(asyncio.create_task(self._silence_loop(), name="mqtt-silence"))
+        log.info("MQTT driver subscribed to %s on %s", ", ".join(topics), o.broker)
+
+    async def stop(self) -> None:
+        """Stop reading, hand the last messages to the pipeline, ack what became durable, disconnect."""
+        if self._client is not None:
+            self._client.pause(True)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await self._flush()
+        if self._client is not None:
+            await self._client.stop()
+
+    # -- inbound -----------------------------------------------------------------------------------------
+
+    def _on_message(self, msg: mqtt.MQTTMessage) -> None:
+        self.counters["messages"] += 1
+        topic_name = msg.topic
+        payload = msg.payload
+        self._to_ack.append((msg.mid, msg.qos))
+        try:
+            topic = parse_topic(topic_name, self.options.prefix)
+            if topic.channel == "telemetry":
+                self._telemetry(topic.vehicle, topic_name, payload)
+            elif topic.channel == "status":
+                self._status(topic.vehicle, payload, bool(msg.retain))
+            elif topic.channel == "event":
+                self._event(topic.vehicle, payload)
+            else:
+                self._command_ack(topic.vehicle, payload)
+        except ContractError as exc:
+            self._reject(exc, topic_name, payload)
+        if len(self._to_ack) >= 200:
+            self._wake.set()
+
+    def _allowed(self, vehicle: str) -> bool:
+        return self.options.open_registration or vehicle in self.options.allowed_vehicles
+
+    def _known(self, vehicle: str, kind: VehicleKind) -> _Vehicle:
+        state = self._vehicles.get(vehicle)
+        if state is None:
+            state = self._vehicles[vehicle] = _Vehicle(kind)
+            self._new_vehicles.append(VehicleInfo(vehicle, kind, "mqtt", mqtt_client_id=vehicle))
+        return state
+
+    def _telemetry(self, vehicle: str, topic: str, payload: bytes) -> None:
+        if not self._allowed(vehicle):
+            raise ContractError("vehicle_not_allowed", f"{vehicle} is not in mqtt.allowed_vehicles")
+        now = utcnow()
+        samples, errors = decode_telemetry(payload, vehicle, now, f"mqtt:{topic}")
+        for error in errors:
+            self._reject(error, topic, payload, vehicle)
+        if not samples:
+            return
+        state = self._known(vehicle, samples[0].kind)
+        state.last_telemetry = time.monotonic()
+        if not state.online:
+            state.online = True
+            self._events.append(Event(now, vehicle, EventType.ONLINE, {"reason": "telemetry"}, kind=state.kind))
+        self._samples += samples
+        self.counters["samples"] += len(samples)
+
+    def _status(self, vehicle: str, payload: bytes, retained: bool) -> None:
+        online = decode_status(payload)
+        state = self._known(vehicle, VehicleKind.PATROL_CAR)
+        if online == state.online and retained:
+            return
+        state.online = online
+        if online:
+            state.last_telemetry = time.monotonic()
+        detail: dict[str, Any] = {"reason": "status_topic"}
+        if retained:
+            detail["retained"] = True
+        self._events.append(Event(utcnow(), vehicle, EventType.ONLINE if online else EventType.OFFLINE, detail,
+                                  kind=state.kind))
+
+    def _event(self, vehicle: str, payload: bytes) -> None:
+        state = self._vehicles.get(vehicle)
+        event = decode_event(payload, vehicle, state.kind if state else None)
+        self._events.append(event)
+        self.counters["events"] += 1
+
+    def _command_ack(self, vehicle: str, payload: bytes) -> None:
+        ack = decode_ack(payload)
+        fut = self._acks.get(ack.command_id)
+        if fut is not None and not fut.done():
+            fut.set_result(ack)
+
+    def _reject(self, error: ContractError, topic: str, payload: bytes, vehicle: str | None = None) -> None:
+        self.counters["rejected"] += 1
+        self.rejected_by_reason[error.reason] = self.rejected_by_reason.get(error.reason, 0) + 1
+        if vehicle is None:
+            with contextlib.suppress(ContractError):
+                vehicle = parse_topic(topic, self.options.prefix).vehicle
+        self._rejections.append(Rejection(utcnow(), "mqtt", error.reason, error.detail, vehicle=vehicle,
+                                          raw=bytes(payload[:65536]), topic=topic))
+
+    # -- flushing and acknowledgements -------------------------------------------------------------------
+
+    async def _flush(self) -> None:
+        if self._emit is None or not (self._samples or self._events or self._rejections or self._to_ack
+                                      or self._new_vehicles):
+            return
+        samples, self._samples = self._samples, []
+        events, self._events = self._events, []
+        rejections, self._rejections = self._rejections, []
+        vehicles, self._new_vehicles = self._new_vehicles, []
+        to_ack, self._to_ack = self._to_ack, []
+        client = self._client
+
+        def ack() -> None:
+            if client is not None:
+                for mid, qos in to_ack:
+                    client.ack(mid, qos)
+
+        await self._emit(samples, events=events, rejections=rejections, vehicles=vehicles, ack=ack)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.options.flush_interval_s)
+            self._wake.clear()
+            await self._flush()
+
+    async def _silence_loop(self) -> None:
+        timeout = self.options.silence_timeout_s
+        while True:
+            await asyncio.sleep(min(1.0, timeout / 4))
+            now = time.monotonic()
+            for vehicle, state in self._vehicles.items():
+                if state.online and state.last_telemetry and now - state.last_telemetry > timeout:
+                    state.online = False
+                    self._events.append(Event(utcnow(), vehicle, EventType.OFFLINE,
+                                              {"reason": "telemetry_silence", "timeout_s": timeout},
+                                              kind=state.kind))
+
+    # -- commands (CommandTarget) ------------------------------------------------------------------------
+
+    def owns(self, vehicle: str) -> bool:
+        return vehicle in self._vehicles
+
+    def vehicles(self) -> list[str]:
+        return sorted(self._vehicles)
+
+    async def execute(self, vehicle: str, command: Command) -> CommandResult:
+        if vehicle not in self._vehicles or self._client is None:
+            raise UnknownVehicle(vehicle, command.name, "no such vehicle on MQTT")
+        command_type, params = _contract_command(command)
+        command_id = f"c-{uuid.uuid4().hex[:16]}"
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._acks[command_id] = fut
+        started = time.monotonic()
+        self.counters["commands"] += 1
+        try:
+            await self._client.publish(f"{self.options.prefix}/{vehicle}/cmd",
+                                       encode_command(command_id, command_type, params, utcnow()), qos=1)
+            try:
+                ack = await asyncio.wait_for(fut, self.options.command_timeout_s)
+            except TimeoutError:
+                self._command_event(vehicle, command_id, command_type, "timeout")
+                raise CommandTimeout(vehicle, command.name, f"no ack for {command_id} within "
+                                                            f"{self.options.command_timeout_s:g} s") from None
+        finally:
+            self._acks.pop(command_id, None)
+        self._command_event(vehicle, command_id, command_type, ack.result, ack.reason)
+        if ack.result == "unsupported":
+            raise UnsupportedCommand(vehicle, command.name, ack.reason or "the vehicle does not support it")
+        if ack.result != "accepted":
+            raise CommandRejected(vehicle, command.name, ack.reason or ack.result, result=ack.result)
+        return CommandResult(vehicle, command.name, "accepted", detail=command_id,
+                             elapsed_s=time.monotonic() - started, extra={"command_id": command_id})
+
+    def _command_event(self, vehicle: str, command_id: str, command_type: str, result: str,
+                       reason: str | None = None) -> None:
+        state = self._vehicles.get(vehicle)
+        self._events.append(Event(utcnow(), vehicle, EventType.COMMAND,
+                                  {"id": command_id, "type": command_type, "result": result, "reason": reason},
+                                  kind=state.kind if state else None))
+        self._wake.set()
+
+    def stats(self) -> dict[str, Any]:
+        client = self._client.stats if self._client else {}
+        return {**self.counters, "rejected_by_reason": dict(self.rejected_by_reason), "client": dict(client),
+                "vehicles": len(self._vehicles), "online": sum(v.online for v in self._vehicles.values())}
+
+
+def _contract_command(command: Command) -> tuple[str, dict[str, Any]]:
+    """A fleet command as the contract's ``type`` and ``params`` (docs/mqtt.md)."""
+    if isinstance(command, ReturnHome):
+        return "return_to_base", {}
+    if isinstance(command, FollowRoute):
+        params: dict[str, Any] = {"waypoints": [list(p) for p in command.waypoints], "loop": command.loop}
+        if command.speed_mps:
+            params["speed_mps"] = command.speed_mps
+        return "route", params
+    if isinstance(command, Goto):
+        params = {"lat": command.lat_deg, "lon": command.lon_deg}
+        if command.speed_mps:
+            params["speed_mps"] = command.speed_mps
+        if command.alt_rel_m is not None:
+            params["alt_rel_m"] = command.alt_rel_m
+        return "goto", params
+    # Hold, ResumePatrol and the drone commands map one to one; their fields are the params.
+    return command.name, {f.name: getattr(command, f.name) for f in fields(command)}  # type: ignore[arg-type]

@@ -1,0 +1,292 @@
+"""The MQTT driver against a real mosquitto, into a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import paho.mqtt.client as mqtt
+import pytest
+from helpers import query
+from paho.mqtt.enums import CallbackAPIVersion
+
+from drivers.commands import CommandTimeout, Goto, Hold, Takeoff, UnsupportedCommand
+from drivers.mqtt.client import MqttConnectError
+from gateway.config import load_settings
+from gateway.embedded import EmbeddedMosquitto
+from gateway.service import Gateway
+from simulators.patrol_car import CarFleet
+
+pytestmark = [pytest.mark.postgres, pytest.mark.mqtt]
+
+PREFIX = "patrolgate/v1"
+
+
+async def until(predicate: Any, timeout: float = 20.0, what: str = "condition") -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout} s")
+        await asyncio.sleep(0.05)
+
+
+def publisher(broker: EmbeddedMosquitto, client_id: str = "test-pub", **auth: str) -> mqtt.Client:
+    c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id,
+                    protocol=mqtt.MQTTv5)
+    if auth:
+        c.username_pw_set(auth["username"], auth["password"])
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    return c
+
+
+def telemetry(ts_ms: int, **fields: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {"v": 1, "ts": ts_ms, "lat": 31.2304, "lon": 121.4737}
+    doc.update(fields)
+    return doc
+
+
+def now_ms(offset_s: float = 0.0) -> int:
+    return int((time.time() + offset_s) * 1000)
+
+
+def settings_for(db: str, broker: EmbeddedMosquitto, tmp_path: Path, **mqtt_cfg: Any) -> Any:
+    cfg = {"broker": broker.url, "client_id": "gw-test", "silence_timeout": "2s", "command_timeout": "2s"}
+    cfg.update(mqtt_cfg)
+    return load_settings(
+        database={"dsn": db}, mqtt=cfg, mavlink={"endpoints": []}, api={"enabled": False},
+        writer={"flush_interval": "50ms", "spool_dir": str(tmp_path / f"spool-{cfg['client_id']}")},
+    )
+
+
+@pytest.fixture
+async def gateway(db: str, mqtt_broker: EmbeddedMosquitto, tmp_path: Path,
+                  request: pytest.FixtureRequest) -> AsyncIterator[Gateway]:
+    client_id = "gw-" + request.node.name[-40:].replace("[", "").replace("]", "")
+    gw = Gateway(settings_for(db, mqtt_broker, tmp_path, client_id=client_id, prefix=f"t/{client_id}"))
+    await gw.start()
+    yield gw
+    await gw.stop()
+
+
+def _prefix(gw: Gateway) -> str:
+    return gw.settings.mqtt.prefix
+
+
+async def test_telemetry_end_to_end_with_correct_values(gateway: Gateway, mqtt_broker: EmbeddedMosquitto,
+                                                        db: str) -> None:
+    pub = publisher(mqtt_broker)
+    ts = now_ms(-2)
+    doc = telemetry(ts, kind="patrol_car", seq=7, alt_m=4.5, speed_mps=8.25, heading_deg=92.5, battery_pct=76.5,
+                    battery_v=48.1, odometer_m=12345.5, mode="patrol", gps_fix=3, satellites=14, rssi_dbm=-71,
+                    siren=False)
+    pub.publish(f"{_prefix(gateway)}/car-03/telemetry", orjson.dumps(doc), qos=1).wait_for_publish(5)
+    await until(lambda: "car-03" in gateway.live.latest, what="sample in live state")
+    await gateway.writer.flush()  # type: ignore[union-attr]
+    rows = query(db, "SELECT t.time, lat, lon, alt_msl_m, ground_speed_mps, heading_deg, battery_pct, battery_v, "
+                     "mode, gps_fix, satellites, extra, v.id, v.kind, v.protocol, v.mqtt_client_id "
+                     "FROM telemetry t JOIN vehicles v ON v.key = t.vehicle_key")
+    assert rows == [(datetime.fromtimestamp(ts / 1000, UTC), 31.2304, 121.4737, 4.5, 8.25, 92.5, 76.5,
+                     pytest.approx(48.1), "patrol", 3, 14,
+                     {"seq": 7, "odometer_m": 12345.5, "rssi_dbm": -71, "siren": False},
+                     "car-03", "patrol_car", "mqtt", "car-03")]
+    pub.loop_stop()
+    pub.disconnect()
+
+
+async def test_batched_payloads(gateway: Gateway, mqtt_broker: EmbeddedMosquitto, db: str) -> None:
+    pub = publisher(mqtt_broker)
+    base = now_ms(-60)
+    for msg in range(4):
+        batch = [telemetry(base + (msg * 50 + i) * 100, lat=31.2304 + (msg * 50 + i) * 1e-6) for i in range(50)]
+        pub.publish(f"{_prefix(gateway)}/car-07/telemetry", orjson.dumps(batch), qos=1).wait_for_publish(5)
+    await until(lambda: gateway.pipeline is not None and gateway.pipeline.validator.accepted >= 200,
+                what="200 samples")
+    await gateway.writer.flush()  # type: ignore[union-attr]
+    assert query(db, "SELECT count(*), count(DISTINCT time) FROM telemetry") == [(200, 200)]
+    pub.loop_stop()
+    pub.disconnect()
+
+
+async def test_bad_payloads_are_counted_and_kept_with_reasons(db: str, mqtt_broker: EmbeddedMosquitto,
+                                                             tmp_path: Path) -> None:
+    gw = Gateway(settings_for(db, mqtt_broker, tmp_path, client_id="gw-bad", prefix="t/bad",
+                              open_registration=False, allowed_vehicles=["car-01"]))
+    await gw.start()
+    try:
+        pub = publisher(mqtt_broker)
+        cases = {
+            b"not json at all": "bad_json",
+            orjson.dumps(telemetry(now_ms(), lat="north")): "wrong_type:lat",
+            orjson.dumps({**telemetry(now_ms()), "v": 99}): "unknown_version",
+            orjson.dumps({"v": 1, "lat": 31.2, "lon": 121.4}): "missing_field:ts",
+            orjson.dumps(telemetry(now_ms(-1), lat=95.0)): "invalid_coordinates",
+            orjson.dumps(telemetry(now_ms(-1), speed_mps=400.0)): "impossible_speed",
+            orjson.dumps(telemetry(now_ms(3600))): "future_timestamp",
+        }
+        for payload in cases:
+            pub.publish("t/bad/car-01/telemetry", payload, qos=1).wait_for_publish(5)
+        pub.publish("t/bad/car-99/telemetry", orjson.dumps(telemetry(now_ms(-1))), qos=1).wait_for_publish(5)
+        pub.publish("t/bad/car-01/telemetry", orjson.dumps(telemetry(now_ms(-3))), qos=1).wait_for_publish(5)
+        await until(lambda: len(query(db, "SELECT 1 FROM rejected")) >= len(cases) + 1 and
+                    len(query(db, "SELECT 1 FROM telemetry")) == 1, what="rejections stored")
+        rows = query(db, "SELECT reason, vehicle, topic, raw, source FROM rejected")
+        by_reason = {r[0]: r for r in rows}
+        assert set(by_reason) == {*cases.values(), "vehicle_not_allowed"}
+        for payload, reason in cases.items():
+            assert by_reason[reason][3] == payload, reason  # the raw payload is kept
+            assert by_reason[reason][1] == "car-01"
+        assert by_reason["bad_json"][2] == "t/bad/car-01/telemetry"
+        assert by_reason["vehicle_not_allowed"][1] == "car-99"
+        stats = gw.status()
+        assert stats["drivers"]["mqtt"]["rejected_by_reason"]["bad_json"] == 1
+        assert stats["pipeline"]["rejected_by_reason"]["invalid_coordinates"] == 1
+        pub.loop_stop()
+        pub.disconnect()
+    finally:
+        await gw.stop()
+
+
+async def test_commands_acked_by_a_car_and_timed_out_when_it_is_gone(gateway: Gateway,
+                                                                     mqtt_broker: EmbeddedMosquitto,
+                                                                     db: str) -> None:
+    async with CarFleet(1, mqtt_broker.url, prefix=_prefix(gateway), rate_hz=5.0, time_factor=1.0,
+                        seed=1) as fleet:
+        stop = asyncio.Event()
+        driving = asyncio.create_task(fleet.run(stop))
+        await until(lambda: gateway.fleet is not None and "car-01" in gateway.live.latest, what="car-01 seen")
+        car = fleet.car("car-01")
+        result = await gateway.fleet.execute("car-01", Hold())
+        assert result.result == "accepted"
+        await until(lambda: car.mode == "hold" and car.speed < 0.1, what="car holding")
+        await gateway.fleet.execute("car-01", Goto(31.2310, 121.4750))
+        await until(lambda: car.mode == "goto", what="car driving to the point")
+        with pytest.raises(UnsupportedCommand):
+            await gateway.fleet.execute("car-01", Takeoff(10.0))
+        stop.set()
+        await driving
+    # The car is gone (disconnected): the command times out, and the broker tells us it went offline.
+    await until(lambda: gateway.live.online.get("car-01") is False, what="car offline")
+    with pytest.raises(CommandTimeout):
+        await gateway.fleet.execute("car-01", Hold())
+    sql = "SELECT detail->>'result' FROM events WHERE type = 'command' ORDER BY time, id"
+    await until(lambda: len(query(db, sql)) == 4, what="command events stored")
+    assert [r[0] for r in query(db, sql)] == ["accepted", "accepted", "unsupported", "timeout"]
+
+
+async def test_two_gateways_share_the_load_without_duplicates_or_loss(db: str, mqtt_broker: EmbeddedMosquitto,
+                                                                    tmp_path: Path) -> None:
+    gws = [Gateway(settings_for(db, mqtt_broker, tmp_path, client_id=f"gw-share-{i}", prefix="t/share",
+                                shared_group="patrolgate")) for i in range(2)]
+    for gw in gws:
+        await gw.start()
+    try:
+        pub = publisher(mqtt_broker)
+        base = now_ms(-120)
+        n = 2000
+        for i in range(n):
+            pub.publish(f"t/share/car-{i % 20:02d}/telemetry", orjson.dumps(telemetry(base + i)), qos=1)
+        await until(lambda: sum(g.pipeline.received for g in gws if g.pipeline) >= n, what="all messages")
+        for gw in gws:
+            await gw.writer.flush()  # type: ignore[union-attr]
+        shares = [g.pipeline.received for g in gws if g.pipeline]
+        assert all(share > n // 10 for share in shares), shares
+        assert query(db, "SELECT count(*), count(DISTINCT (vehicle_key, time)) FROM telemetry") == [(n, n)]
+        pub.loop_stop()
+        pub.disconnect()
+    finally:
+        for gw in gws:
+            await gw.stop()
+
+
+async def test_password_and_acl_broker_accepts_the_gateway_and_refuses_a_wrong_password(
+        db: str, tmp_path: Path) -> None:
+    acl = ("user gateway\ntopic read t/acl/#\ntopic write t/acl/+/cmd\n"
+           "user car-01\ntopic write t/acl/car-01/#\ntopic read t/acl/car-01/cmd\n")
+    with EmbeddedMosquitto(passwords={"gateway": "s3cret", "car-01": "carpw"}, acl=acl) as broker:
+        wrong = Gateway(settings_for(db, broker, tmp_path, client_id="gw-wrong", prefix="t/acl",
+                                     username="gateway", password="nope"))
+        with pytest.raises(MqttConnectError, match="refused"):
+            await wrong.start()
+        await wrong.stop()
+        gw = Gateway(settings_for(db, broker, tmp_path, client_id="gw-acl", prefix="t/acl",
+                                  username="gateway", password="s3cret"))
+        await gw.start()
+        try:
+            pub = publisher(broker, "car-01", username="car-01", password="carpw")
+            pub.publish("t/acl/car-01/telemetry", orjson.dumps(telemetry(now_ms(-1))), qos=1).wait_for_publish(5)
+            await until(lambda: "car-01" in gw.live.latest, what="telemetry through the ACL broker")
+            pub.loop_stop()
+            pub.disconnect()
+        finally:
+            await gw.stop()
+
+
+_GATEWAY_SCRIPT = """
+import asyncio, logging
+from gateway.config import load_settings
+from gateway.service import Gateway
+logging.basicConfig(level=logging.INFO)
+asyncio.run(Gateway(load_settings()).run_until_signalled())
+"""
+
+
+def test_gateway_killed_and_restarted_loses_nothing_published_at_qos1(db: str, mqtt_broker: EmbeddedMosquitto,
+                                                                      tmp_path: Path) -> None:
+    """SIGKILL mid-stream: the broker keeps the session's QoS 1 messages, unacked ones are redelivered."""
+    env = dict(os.environ)
+    env.update({
+        "PATROLGATE_DATABASE__DSN": db, "PATROLGATE_MQTT__BROKER": mqtt_broker.url,
+        "PATROLGATE_MQTT__PREFIX": "t/kill", "PATROLGATE_MQTT__CLIENT_ID": "gw-kill",
+        "PATROLGATE_MAVLINK__ENDPOINTS": "[]", "PATROLGATE_API__ENABLED": "false",
+        "PATROLGATE_WRITER__SPOOL_DIR": str(tmp_path / "spool"), "PATROLGATE_WRITER__FLUSH_INTERVAL": "100ms",
+    })
+    runs = 0
+
+    def start() -> subprocess.Popen[bytes]:
+        nonlocal runs
+        runs += 1
+        log = tmp_path / f"gateway-{runs}.log"
+        with open(log, "wb") as fh:
+            proc = subprocess.Popen([sys.executable, "-c", _GATEWAY_SCRIPT], env=env, stdout=fh, stderr=fh)
+        deadline = time.monotonic() + 30
+        while b"MQTT driver subscribed" not in log.read_bytes():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        return proc
+
+    proc = start()
+    pub = publisher(mqtt_broker, "car-kill")
+    base = now_ms(-600)
+    n = 6000
+    for i in range(n):
+        pub.publish(f"t/kill/car-{i % 10:02d}/telemetry", orjson.dumps(telemetry(base + i * 10)), qos=1)
+        if i == 2000:
+            proc.send_signal(signal.SIGKILL)  # mid-stream, no flush, no goodbye
+            proc.wait(10)
+        if i % 500 == 0:
+            time.sleep(0.05)
+    pub.loop_stop()
+    pub.disconnect()
+    proc = start()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if query(db, "SELECT count(*) FROM telemetry")[0][0] >= n:
+                break
+            time.sleep(0.2)
+        time.sleep(1.0)
+        assert query(db, "SELECT count(*), count(DISTINCT (vehicle_key, time)) FROM telemetry") == [(n, n)]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
