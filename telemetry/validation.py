@@ -123,7 +123,7 @@ class Validator:
                 rejected[reason] += 1
                 bad.append(
                     Rejection(time=now, source=s.source or source, reason=reason, vehicle=s.vehicle,
-                              detail=describe(s))
+                              detail=describe(s), raw=s.raw)
                 )
         self.accepted += len(good)
         return good, bad

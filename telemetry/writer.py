@@ -183,7 +183,7 @@ class Batch:
         )
 
 
-_SAMPLE_FIELDS = tuple(Sample.__dataclass_fields__)
+_SAMPLE_FIELDS = tuple(f for f in Sample.__dataclass_fields__ if f != "raw")  # raw is never stored
 
 
 def _sample_to_list(s: Sample) -> list[Any]:
@@ -192,6 +192,7 @@ def _sample_to_list(s: Sample) -> list[Any]:
 
 def _sample_from_list(row: list[Any]) -> Sample:
     values = dict(zip(_SAMPLE_FIELDS, row, strict=True))
+    values["raw"] = None
     values["time"] = datetime.fromisoformat(values["time"])
     if values["vehicle_time"] is not None:
         values["vehicle_time"] = datetime.fromisoformat(values["vehicle_time"])
@@ -377,6 +378,7 @@ class TelemetryWriter:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="patrolgate-writer")
         self._pending: deque[tuple[float, Batch, list[Ack]]] = deque()
         self._pending_rows = 0
+        self._pending_acks = 0
         self._changed: asyncio.Condition | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -438,6 +440,9 @@ class TelemetryWriter:
             batch = Batch(list(samples), list(events), list(rejections), list(vehicles))
             self._pending.append((time.monotonic(), batch, [ack] if ack else []))
             self._pending_rows += rows
+            if ack is not None:
+                self._pending_acks += 1
+                self._changed.notify_all()
             self.stats.queued += len(samples)
             if self._pending_rows >= self.settings.batch_rows:
                 self._changed.notify_all()
@@ -477,12 +482,18 @@ class TelemetryWriter:
             acks += part_acks
             taken += part.rows
         self._pending_rows -= taken
+        self._pending_acks -= len(acks)
         return merged, acks
 
     def _due(self) -> bool:
+        """A batch is due when full, when old enough, or when a producer waits for an ack (group commit).
+
+        Producers that pass ``ack`` (MQTT: the broker holds its next messages until we PUBACK) are served as
+        soon as the worker is free; rows that arrive meanwhile ride along, so batches grow with the load.
+        """
         if not self._pending:
             return False
-        if self._stopping or self._pending_rows >= self.settings.batch_rows:
+        if self._stopping or self._pending_rows >= self.settings.batch_rows or self._pending_acks:
             return True
         return time.monotonic() - self._pending[0][0] >= self.settings.flush_interval_s
 
@@ -520,6 +531,7 @@ class TelemetryWriter:
                 async with self._changed:
                     self._pending.appendleft((time.monotonic(), batch, acks))
                     self._pending_rows += batch.rows
+                    self._pending_acks += len(acks)
                 acks = []
                 await asyncio.sleep(min(1.0, self._backoff_s))
             finally:
