@@ -250,7 +250,8 @@ class MqttClient:
         if self._fd is None or self._loop is None or self._client is None:
             return
         if reading and not self._reading and not self._paused:
-            self._loop.add_reader(self._fd, self._client.loop_read)
+            # Up to 100 packets per wake-up: paho's default of one per call costs an event-loop turn each.
+            self._loop.add_reader(self._fd, self._client.loop_read, 100)
             self._reading = True
         elif not reading and self._reading:
             self._loop.remove_reader(self._fd)

@@ -62,6 +62,10 @@ _FIELDS: dict[str, tuple[str | None, tuple[type, ...]]] = {
     "seq": (None, (int,)),
 }
 _CORE = {"v", "ts", "lat", "lon", "kind"}
+#: Keys that become Sample attributes; everything else (contract extras and unknown keys) goes to ``extra``.
+_MAPPED = _CORE | {name for name, (attr, _) in _FIELDS.items() if attr is not None}
+#: Contract fields kept in ``extra`` but still type-checked.
+_EXTRA_TYPED = tuple(name for name, (attr, _) in _FIELDS.items() if attr is None)
 
 
 class ContractError(ValueError):
@@ -126,8 +130,19 @@ def _ts(doc: dict[str, Any]) -> datetime:
         raise ContractError("wrong_type:ts", f"{ts} ms is not a representable time") from None
 
 
+_NUM_TYPES = (int, float)  # checked with type(): bool is an int subclass but not a number here
+
+
+def _field(doc: dict[str, Any], name: str, types: tuple[type, ...]) -> Any:
+    value = doc.get(name)
+    if value is None or type(value) in types:
+        return float(value) if value is not None and types is _NUM_TYPES else value
+    raise ContractError(f"wrong_type:{name}", f"got {type(value).__name__}")
+
+
 def _sample(doc: Any, vehicle: str, received: datetime, source: str, raw: bytes) -> Sample:
-    if not isinstance(doc, dict):
+    """One contract object -> Sample. Runs for every sample of every car: positional, no setattr."""
+    if type(doc) is not dict:
         raise ContractError("not_an_object", f"expected a JSON object, got {type(doc).__name__}")
     _check_version(doc)
     vehicle_time = _ts(doc)
@@ -136,25 +151,20 @@ def _sample(doc: Any, vehicle: str, received: datetime, source: str, raw: bytes)
     kind = _KINDS.get(kind_name) if isinstance(kind_name, str) else None
     if kind is None:
         raise ContractError("wrong_type:kind", f"expected 'patrol_car' or 'drone', got {kind_name!r}")
-    sample = Sample(received, vehicle, kind, lat, lon, vehicle_time, source=source, raw=raw)
-    extra: dict[str, Any] = {}
-    for key, value in doc.items():
-        if key in _CORE or value is None:
-            continue
-        spec = _FIELDS.get(key)
-        if spec is None:
-            extra[key] = value  # not in the contract: kept, not rejected
-            continue
-        attr, types = spec
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            raise ContractError(f"wrong_type:{key}", f"got {type(value).__name__}")
-        if attr is None:
-            extra[key] = value
-        else:
-            setattr(sample, attr, float(value) if types is _NUM else value)
-    if extra:
-        sample.extra = extra
-    return sample
+    num, text, boolean, integer = _NUM_TYPES, (str,), (bool,), (int,)
+    extra = {k: v for k, v in doc.items() if k not in _MAPPED and v is not None}
+    for name in _EXTRA_TYPED:
+        if name in extra and type(extra[name]) not in _FIELDS[name][1]:
+            raise ContractError(f"wrong_type:{name}", f"got {type(extra[name]).__name__}")
+    return Sample(
+        received, vehicle, kind, lat, lon, vehicle_time,
+        _field(doc, "alt_m", num), _field(doc, "alt_rel_m", num), _field(doc, "heading_deg", num),
+        _field(doc, "speed_mps", num), _field(doc, "climb_mps", num), _field(doc, "roll_deg", num),
+        _field(doc, "pitch_deg", num), _field(doc, "yaw_deg", num), _field(doc, "battery_pct", num),
+        _field(doc, "battery_v", num), _field(doc, "mode", text), _field(doc, "armed", boolean),
+        _field(doc, "gps_fix", integer), _field(doc, "satellites", integer), _field(doc, "link_quality_pct", num),
+        extra or None, source, raw,
+    )
 
 
 def decode_telemetry(payload: bytes, vehicle: str, received: datetime,

@@ -1,0 +1,213 @@
+"""`patrolgate bench mqtt`: end-to-end MQTT samples/s and messages/s against a bare paho subscriber, same run.
+
+A fleet of ``cars`` patrol cars (contract v1 payloads of ~250 bytes, or arrays of ``batch`` samples) is
+published at QoS 1 by a separate process into a real mosquitto. A single Python publisher is slower than a
+subscriber (about 8 k msg/s here), so to measure the receiving side the stream is queued in the broker for a
+persistent session (clean start off, subscribed beforehand) while the receiver is away, and the clock runs
+from the receiver's (re)connect until the last message is in:
+
+- ceiling: a bare paho subscriber (QoS 1, auto-ack, nothing else) draining the queued stream;
+- figure: the gateway (MQTT driver -> validation -> writer -> a real PostgreSQL, PUBACK only after commit)
+  draining the same stream, timed from its start to the commit of the last sample.
+
+``lost`` = samples published - samples committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import multiprocessing
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from gateway.config import load_settings
+from gateway.embedded import EmbeddedMosquitto, EmbeddedPostgres
+from gateway.service import Gateway
+
+__all__ = ["make_stream", "run_mqtt_bench"]
+
+_CENTRE = (31.2304, 121.4737)
+
+
+def make_stream(cars: int, messages: int, batch: int, prefix: str, start_ms: int) -> list[tuple[str, bytes]]:
+    """(topic, payload) pairs: cars take turns, each moving along its own circle at ~8 m/s, 1 Hz fixes."""
+    out: list[tuple[str, bytes]] = []
+    per_car = math.ceil(messages / cars)
+    for k in range(per_car):
+        for car in range(cars):
+            if len(out) >= messages:
+                return out
+            samples = []
+            for j in range(batch):
+                n = k * batch + j
+                angle = car + n * 0.0008
+                samples.append({
+                    "v": 1, "ts": start_ms + n * 1000, "kind": "patrol_car", "seq": n,
+                    "lat": round(_CENTRE[0] + 0.008 * math.sin(angle), 7),
+                    "lon": round(_CENTRE[1] + 0.009 * math.cos(angle), 7), "alt_m": 4.2,
+                    "speed_mps": 8.3, "heading_deg": round(math.degrees(angle) % 360, 1), "battery_pct": 76.5,
+                    "battery_v": 48.1, "odometer_m": 1000.0 + n * 8.3, "mode": "patrol", "gps_fix": 3,
+                    "satellites": 14, "rssi_dbm": -71,
+                })
+            payload = orjson.dumps(samples[0] if batch == 1 else samples)
+            out.append((f"{prefix}/car-{car + 1:04d}/telemetry", payload))
+    return out
+
+
+def _publish(url_host: str, port: int, stream: list[tuple[str, bytes]], started: Any, done: Any) -> None:
+    """Child process: publish the stream at QoS 1 with 1,000 messages in flight."""
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{time.time_ns()}",
+                         protocol=mqtt.MQTTv5)
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    client.connect(url_host, port)
+    client.loop_start()
+    started.value = time.time()
+    infos = [client.publish(topic, payload, qos=1) for topic, payload in stream]
+    for info in infos[-1000:]:
+        info.wait_for_publish(60)
+    done.value = time.time()
+    client.loop_stop()
+    client.disconnect()
+
+
+def _spawn_publisher(broker: EmbeddedMosquitto, stream: list[tuple[str, bytes]]) -> tuple[Any, Any, Any]:
+    ctx = multiprocessing.get_context("spawn")
+    started, done = ctx.Value("d", 0.0, lock=False), ctx.Value("d", 0.0, lock=False)
+    proc = ctx.Process(target=_publish, args=(broker.host, broker.port, stream, started, done), daemon=True)
+    proc.start()
+    return proc, started, done
+
+
+def _queue_stream(broker: EmbeddedMosquitto, stream: list[tuple[str, bytes]]) -> float:
+    """Publish the whole stream (from a separate process) while the receiver is away; returns msgs/s."""
+    proc, started, done = _spawn_publisher(broker, stream)
+    proc.join(600)
+    if proc.exitcode != 0:
+        raise RuntimeError(f"the bench publisher failed (exit code {proc.exitcode})")
+    return len(stream) / (done.value - started.value)
+
+
+def _bare_subscriber(broker: EmbeddedMosquitto, prefix: str, on_message: Any) -> mqtt.Client:
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 3600
+    sub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="bench-bare-subscriber",
+                      protocol=mqtt.MQTTv5)
+    sub.on_message = on_message
+    sub.connect(broker.host, broker.port, clean_start=False, properties=props)
+    return sub
+
+
+def _ceiling(broker: EmbeddedMosquitto, stream: list[tuple[str, bytes]], prefix: str) -> tuple[float, float]:
+    """Messages/s a bare paho subscriber (QoS 1, auto-ack) drains of the queued stream; and the publish rate."""
+    total = len(stream)
+    received = 0
+    finished = threading.Event()
+
+    def on_message(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        nonlocal received
+        received += 1
+        if received >= total:
+            finished.set()
+
+    sub = _bare_subscriber(broker, prefix, on_message)
+    sub.subscribe(f"{prefix}/+/telemetry", qos=1)
+    sub.loop(1.0)
+    sub.disconnect()
+    publish_rate = _queue_stream(broker, stream)
+    sub = _bare_subscriber(broker, prefix, on_message)
+    started = time.time()
+    sub.loop_start()
+    finished.wait(300)
+    elapsed = time.time() - started
+    sub.loop_stop()
+    sub.disconnect()
+    if received < total:
+        raise RuntimeError(f"the bare subscriber received {received} of {total} messages")
+    return total / elapsed, publish_rate
+
+
+@contextlib.contextmanager
+def _services(dsn: str | None) -> Iterator[tuple[str, EmbeddedMosquitto]]:
+    with EmbeddedMosquitto() as broker:
+        if dsn:
+            yield dsn, broker
+            return
+        with EmbeddedPostgres() as pg:
+            yield pg.dsn, broker
+
+
+async def _e2e(dsn: str, broker: EmbeddedMosquitto, stream: list[tuple[str, bytes]], prefix: str,
+               samples_total: int, spool: Path) -> dict[str, Any]:
+    settings = load_settings(
+        database={"dsn": dsn}, api={"enabled": False}, mavlink={"endpoints": []},
+        mqtt={"broker": broker.url, "prefix": prefix, "client_id": "bench-gateway", "max_inflight": 5000},
+        writer={"spool_dir": str(spool)},
+    )
+    first = Gateway(settings)  # creates the gateway's persistent session and subscriptions
+    await first.start()
+    await first.stop()
+    await asyncio.to_thread(_queue_stream, broker, stream)
+    started = time.time()
+    gw = Gateway(settings)
+    await gw.start()
+    assert gw.pipeline is not None and gw.writer is not None
+    deadline = time.monotonic() + 600
+    idle_since, last = time.monotonic(), -1
+    while gw.pipeline.received < samples_total and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)
+        if gw.pipeline.received != last:
+            idle_since, last = time.monotonic(), gw.pipeline.received
+        elif time.monotonic() - idle_since > 10:
+            break  # nothing more arrives: the rest is lost
+    await gw.writer.flush()
+    elapsed = time.time() - started
+    stats = gw.status()
+    written = gw.writer.stats.written
+    await gw.stop()
+    return {"elapsed_s": elapsed, "written": written, "received": stats["pipeline"]["received"],
+            "driver": stats["drivers"].get("mqtt", {})}
+
+
+def run_mqtt_bench(*, cars: int = 1000, messages: int = 100_000, batch: int = 1,
+                   dsn: str | None = None) -> dict[str, Any]:
+    """Run the benchmark; returns the figures (see the module docstring)."""
+    start_ms = int((time.time() - 3 * 86400) * 1000)  # three days of history: all in the past
+    with _services(dsn) as (db, broker), tempfile.TemporaryDirectory(prefix="patrolgate-bench-") as tmp:
+        from telemetry import storage
+
+        storage.upgrade(db)
+        ceiling_stream = make_stream(cars, messages, batch, "bench/ceiling", start_ms)
+        ceiling, publish_rate = _ceiling(broker, ceiling_stream, "bench/ceiling")
+        del ceiling_stream
+        stream = make_stream(cars, messages, batch, "bench/e2e", start_ms)
+        samples_total = len(stream) * batch
+        result = asyncio.run(_e2e(db, broker, stream, "bench/e2e", samples_total, Path(tmp) / "spool"))
+    msgs_per_s = len(stream) / result["elapsed_s"]
+    return {
+        "cars": cars,
+        "messages": len(stream),
+        "batch": batch,
+        "payload_bytes_avg": round(sum(len(p) for _, p in stream) / len(stream)),
+        "e2e_msgs_per_s": round(msgs_per_s),
+        "e2e_samples_per_s": round(msgs_per_s * batch),
+        "ceiling_msgs_per_s": round(ceiling),
+        "ratio": round(msgs_per_s / ceiling, 3),
+        "lost": samples_total - result["written"],
+        "samples_committed": result["written"],
+        "elapsed_s": round(result["elapsed_s"], 3),
+        "publisher_msgs_per_s": round(publish_rate),
+        "rejected": result["driver"].get("rejected_by_reason", {}),
+    }
