@@ -95,6 +95,8 @@ class Gateway:
         self.writer: TelemetryWriter | None = None
         self.pipeline: Pipeline | None = None
         self.api_port: int | None = None
+        #: The MQTT broker the gateway uses (configured or embedded), None when MQTT is off.
+        self.mqtt_broker_url: str | None = None
         self._pg: EmbeddedPostgres | None = None
         self._broker: EmbeddedMosquitto | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -137,6 +139,7 @@ class Gateway:
         if self.settings.mavlink.endpoints:
             self.drivers.append(mavlink_driver(self.settings.mavlink))
         if mqtt.broker is not None:
+            self.mqtt_broker_url = mqtt.broker
             self.drivers.append(mqtt_driver(mqtt))
         for driver in self.drivers:
             await driver.start(self.pipeline)

@@ -300,7 +300,10 @@ class MqttClient:
         self._subacks.clear()
         if was_connected:
             self.stats["disconnects"] += 1
-            log.warning("MQTT connection to %s:%s lost (%s)", self.url.host, self.url.port, reason)
+            if self._closing:
+                log.info("MQTT disconnected from %s:%s", self.url.host, self.url.port)
+            else:
+                log.warning("MQTT connection to %s:%s lost (%s)", self.url.host, self.url.port, reason)
         if not self._closing and was_connected and self._loop is not None:
             self._tasks.append(self._loop.create_task(self._reconnect(), name=f"mqtt-reconnect-{self.client_id}"))
 

@@ -1,0 +1,123 @@
+"""The MQTT contract decoder against the captured example payloads and the JSON Schema files."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from drivers.mqtt.contract import (
+    ContractError,
+    decode_ack,
+    decode_event,
+    decode_status,
+    decode_telemetry,
+    parse_topic,
+)
+from telemetry.model import VehicleKind
+
+MQTT = Path(__file__).resolve().parents[2] / "drivers" / "mqtt"
+NOW = datetime(2026, 11, 28, 12, tzinfo=UTC)
+
+
+def _data(name: str) -> bytes:
+    return (MQTT / "testdata" / name).read_bytes()
+
+
+def _schema(name: str) -> dict[str, object]:
+    return json.loads((MQTT / "schema" / name).read_text())
+
+
+@pytest.mark.parametrize(
+    ("example", "schema"),
+    [("telemetry_single.json", "telemetry.v1.json"), ("telemetry_batch.json", "telemetry.v1.json"),
+     ("drone_telemetry.json", "telemetry.v1.json"), ("event_sos.json", "event.v1.json"),
+     ("ack_accepted.json", "ack.v1.json")],
+)
+def test_examples_conform_to_the_published_schemas(example: str, schema: str) -> None:
+    jsonschema.validate(json.loads(_data(example)), _schema(schema))
+
+
+@pytest.mark.parametrize("example", ["bad_wrong_type.json", "bad_version.json"])
+def test_bad_examples_fail_the_schema_too(example: str) -> None:
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(json.loads(_data(example)), _schema("telemetry.v1.json"))
+
+
+def test_single_sample_fields_and_units() -> None:
+    [s], errors = decode_telemetry(_data("telemetry_single.json"), "car-03", NOW, "mqtt:t")
+    assert errors == []
+    assert (s.vehicle, s.kind, s.lat_deg, s.lon_deg, s.alt_msl_m, s.ground_speed_mps, s.heading_deg) == (
+        "car-03", VehicleKind.PATROL_CAR, 31.230416, 121.473701, 4.2, 8.3, 92.0)
+    assert s.vehicle_time == datetime(2025, 11, 28, 12, 0, 0, 123000, tzinfo=UTC)
+    assert s.time == NOW
+    assert (s.battery_pct, s.battery_v, s.mode, s.gps_fix, s.satellites) == (76.5, 48.1, "patrol", 3, 14)
+    assert s.extra == {"seq": 1234, "odometer_m": 12345.6, "rssi_dbm": -71}
+    assert s.raw == _data("telemetry_single.json")
+
+
+def test_drone_over_mqtt() -> None:
+    [s], _ = decode_telemetry(_data("drone_telemetry.json"), "drone-21", NOW, "mqtt:t")
+    assert (s.kind, s.alt_rel_m, s.armed, s.mode, s.roll_deg, s.link_quality_pct) == (
+        VehicleKind.DRONE, 60.0, True, "AUTO", 2.0, 97.0)
+
+
+def test_batch_keeps_unknown_keys_as_extra() -> None:
+    samples, errors = decode_telemetry(_data("telemetry_batch.json"), "car-01", NOW, "mqtt:t")
+    assert errors == [] and len(samples) == 3
+    assert samples[2].extra == {"door": "closed"}
+
+
+def test_a_bad_element_in_a_batch_rejects_only_that_element() -> None:
+    batch = b'[{"v":1,"ts":1,"lat":1.5,"lon":2.5},{"v":1,"ts":2,"lat":true,"lon":2.5},{"v":1,"ts":3,"lat":1,"lon":2}]'
+    samples, errors = decode_telemetry(batch, "car-01", NOW, "mqtt:t")
+    assert [s.lat_deg for s in samples] == [1.5, 1.0]
+    assert [e.reason for e in errors] == ["wrong_type:lat"]
+    assert "element 1" in errors[0].detail
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"{nope", "bad_json"),
+        (b'"just a string"', "not_an_object"),
+        (b"[]", "empty_batch"),
+        (b"[" + b",".join([b'{"v":1,"ts":1,"lat":1,"lon":1}'] * 1001) + b"]", "batch_too_large"),
+        (b'{"v":99,"ts":1,"lat":1,"lon":1}', "unknown_version"),
+        (b'{"ts":1,"lat":1,"lon":1}', "missing_field:v"),
+        (b'{"v":1,"lat":1,"lon":1}', "missing_field:ts"),
+        (b'{"v":1,"ts":1.5,"lat":1,"lon":1}', "wrong_type:ts"),
+        (b'{"v":1,"ts":1,"lon":1}', "missing_field:lat"),
+        (b'{"v":1,"ts":1,"lat":1,"lon":1,"speed_mps":"fast"}', "wrong_type:speed_mps"),
+        (b'{"v":1,"ts":1,"lat":1,"lon":1,"gps_fix":3.5}', "wrong_type:gps_fix"),
+        (b'{"v":1,"ts":1,"lat":1,"lon":1,"armed":1}', "wrong_type:armed"),
+        (b'{"v":1,"ts":1,"lat":1,"lon":1,"odometer_m":"12 km"}', "wrong_type:odometer_m"),
+        (b'{"v":1,"ts":1,"lat":1,"lon":1,"kind":"tank"}', "wrong_type:kind"),
+    ],
+)
+def test_contract_violations_have_reasons(payload: bytes, reason: str) -> None:
+    with pytest.raises(ContractError) as info:
+        decode_telemetry(payload, "car-01", NOW, "mqtt:t")
+    assert info.value.reason == reason
+
+
+def test_topics() -> None:
+    assert parse_topic("patrolgate/v1/car-03/telemetry", "patrolgate/v1").vehicle == "car-03"
+    assert parse_topic("patrolgate/v1/car-03/cmd/ack", "patrolgate/v1").channel == "cmd/ack"
+    for bad in ("patrolgate/v1/car 03/telemetry", "other/car-03/telemetry", "patrolgate/v1/car-03/video"):
+        with pytest.raises(ContractError, match="bad_topic"):
+            parse_topic(bad, "patrolgate/v1")
+
+
+def test_status_event_and_ack() -> None:
+    assert decode_status(b"online") is True and decode_status(b"offline\n") is False
+    with pytest.raises(ContractError, match="bad_status"):
+        decode_status(b"maybe")
+    event = decode_event(_data("event_sos.json"), "car-03", VehicleKind.PATROL_CAR)
+    assert (event.type, event.lat_deg, event.detail) == ("sos", 31.2304, {"note": "button pressed",
+                                                                          "event_id": "e-5f1c"})
+    ack = decode_ack(_data("ack_accepted.json"))
+    assert (ack.command_id, ack.result, ack.reason) == ("c-000123", "accepted", None)
