@@ -78,3 +78,23 @@ def test_cli_help_lists_every_subcommand() -> None:
     assert result.exit_code == 0
     for name in ("run", "db", "sim", "demo", "bench", "replay"):
         assert f"  {name} " in result.output
+
+
+def test_every_setting_is_documented_and_the_sample_file_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.config import GatewaySettings
+
+    root = Path(__file__).resolve().parents[2]
+    doc = (root / "docs" / "configuration.md").read_text()
+    for section, field in GatewaySettings.model_fields.items():
+        sub = getattr(field.annotation, "model_fields", None)
+        if sub is None:
+            assert f"`{section}`" in doc, section
+            continue
+        assert f"## [{section}]" in doc, section
+        for key in sub:
+            assert f"`{key}`" in doc, f"{section}.{key} is not in docs/configuration.md"
+    for key in list(__import__("os").environ):
+        if key.startswith("PATROLGATE_"):
+            monkeypatch.delenv(key)
+    s = load_settings(root / "patrolgate.example.toml")
+    assert s.mavlink.vehicles[0].require_signing and s.mqtt.shared_group == "patrolgate"
