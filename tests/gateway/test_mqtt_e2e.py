@@ -290,3 +290,53 @@ def test_gateway_killed_and_restarted_loses_nothing_published_at_qos1(db: str, m
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+
+
+async def test_broker_restart_mid_stream_loses_nothing(db: str, tmp_path: Path) -> None:
+    """mosquitto stops and starts again (persistence on): the gateway reconnects, the session resumes."""
+    with EmbeddedMosquitto() as broker:
+        gw = Gateway(settings_for(db, broker, tmp_path, client_id="gw-restart", prefix="t/restart"))
+        await gw.start()
+        try:
+            pub = publisher(broker, "car-restart")
+            base = now_ms(-300)
+            for i in range(500):
+                pub.publish(f"t/restart/car-{i % 5:02d}/telemetry", orjson.dumps(telemetry(base + i)), qos=1)
+            await until(lambda: gw.pipeline is not None and gw.pipeline.received >= 500, what="first half")
+            pub.loop_stop()
+            pub.disconnect()
+            await asyncio.to_thread(broker.stop_server)
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(broker.start_server)
+            await until(lambda: gw.drivers[0].stats()["client"]["connects"] >= 2, what="gateway reconnected")
+            pub = publisher(broker, "car-restart")
+            for i in range(500, 1000):
+                pub.publish(f"t/restart/car-{i % 5:02d}/telemetry", orjson.dumps(telemetry(base + i)), qos=1)
+            await until(lambda: len(query(db, "SELECT 1 FROM telemetry")) == 1000, what="all 1000 stored")
+            assert query(db, "SELECT count(DISTINCT (vehicle_key, time)) FROM telemetry") == [(1000,)]
+            pub.loop_stop()
+            pub.disconnect()
+        finally:
+            await gw.stop()
+
+
+async def test_mqtt_311_and_offline_on_telemetry_silence(db: str, mqtt_broker: EmbeddedMosquitto,
+                                                        tmp_path: Path) -> None:
+    gw = Gateway(settings_for(db, mqtt_broker, tmp_path, client_id="gw-311", prefix="t/v311", protocol="3.1.1",
+                              silence_timeout="1s"))
+    await gw.start()
+    try:
+        client = gw.drivers[0]._client  # type: ignore[attr-defined]  # noqa: SLF001
+        assert client.version == 4
+        pub = publisher(mqtt_broker, "car-silent")
+        pub.publish("t/v311/car-05/telemetry", orjson.dumps(telemetry(now_ms(-1))), qos=1).wait_for_publish(5)
+        await until(lambda: gw.live.online.get("car-05") is True, what="online from telemetry")
+        await until(lambda: gw.live.online.get("car-05") is False, timeout=10, what="offline after silence")
+        pub.loop_stop()
+        pub.disconnect()
+        await asyncio.sleep(0.2)
+        await gw.writer.flush()  # type: ignore[union-attr]
+        details = query(db, "SELECT type, detail->>'reason' FROM events ORDER BY time, id")
+        assert details == [("online", "telemetry"), ("offline", "telemetry_silence")]
+    finally:
+        await gw.stop()
