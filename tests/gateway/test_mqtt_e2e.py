@@ -326,7 +326,7 @@ async def test_mqtt_311_and_offline_on_telemetry_silence(db: str, mqtt_broker: E
                               silence_timeout="1s"))
     await gw.start()
     try:
-        client = gw.drivers[0]._client  # type: ignore[attr-defined]  # noqa: SLF001
+        client = gw.drivers[0]._client  # type: ignore[attr-defined]
         assert client.version == 4
         pub = publisher(mqtt_broker, "car-silent")
         pub.publish("t/v311/car-05/telemetry", orjson.dumps(telemetry(now_ms(-1))), qos=1).wait_for_publish(5)
