@@ -86,23 +86,51 @@ def _interval_literal(value: timedelta) -> str:
     return f"'{int(value.total_seconds())} seconds'"
 
 
-def _choose_backend(conn: psycopg.Connection[Any], settings: StorageSettings) -> Backend:
+def _timescaledb_preloaded(conn: psycopg.Connection[Any]) -> bool | None:
+    """Whether the server preloads TimescaleDB; None when this role may not read shared_preload_libraries."""
+    try:
+        with conn.transaction():
+            row = conn.execute("SELECT current_setting('shared_preload_libraries')").fetchone()
+    except psycopg.errors.InsufficientPrivilege:
+        return None
+    libs = [lib.strip().strip('"') for lib in (row[0] if row else "").split(",")]
+    return any(lib == "timescaledb" or lib.startswith("timescaledb-") for lib in libs)
+
+
+def _try_create_timescaledb(dsn: str) -> str | None:
+    """Create the extension on a connection of its own; returns why it failed, or None.
+
+    A server that has the extension installed but not preloaded ends the session with FATAL ("must be
+    preloaded"), so the attempt must not use the connection that holds the migration lock.
+    """
+    try:
+        with psycopg.connect(dsn, autocommit=True) as probe:
+            probe.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+    except psycopg.Error as exc:
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return None
+
+
+def _choose_backend(conn: psycopg.Connection[Any], dsn: str, settings: StorageSettings) -> Backend:
     if settings.backend == "postgresql":
         return "postgresql"
+    created = conn.execute("SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
+    if created and created[0]:
+        return "timescaledb"
     available = conn.execute(
         "SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'"
     ).fetchone()
     if available and available[0]:
-        try:
-            with conn.transaction():
-                conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+        if _timescaledb_preloaded(conn) is False:
+            problem: str | None = "the server does not preload it (add 'timescaledb' to shared_preload_libraries)"
+        else:
+            problem = _try_create_timescaledb(dsn)
+        if problem is None:
             return "timescaledb"
-        except psycopg.Error as exc:
-            if settings.backend == "timescaledb":
-                raise RuntimeError(f"storage.backend = timescaledb but the extension cannot be created: {exc}") \
-                    from exc
-            log.warning("TimescaleDB is installed but not usable (%s); using plain PostgreSQL", exc)
-            return "postgresql"
+        if settings.backend == "timescaledb":
+            raise RuntimeError(f"storage.backend = timescaledb but the extension cannot be created: {problem}")
+        log.warning("TimescaleDB is installed but not usable (%s); using plain PostgreSQL", problem)
+        return "postgresql"
     if settings.backend == "timescaledb":
         raise RuntimeError(
             "storage.backend = timescaledb but the extension is not installed on this server; "
@@ -149,7 +177,7 @@ def upgrade(dsn: str, settings: StorageSettings | None = None) -> list[int]:
                     f"database schema version {version} is newer than this patrolgate's {SCHEMA_VERSION}; "
                     "upgrade patrolgate instead"
                 )
-            backend = current_backend(conn) or _choose_backend(conn, settings)
+            backend = current_backend(conn) or _choose_backend(conn, dsn, settings)
             for mig in _migrations():
                 if mig.version <= version:
                     continue
@@ -179,6 +207,11 @@ def partition_name(day: date) -> str:
 
 def ensure_partitions(conn: psycopg.Connection[Any], days: set[date]) -> None:
     """Create the daily partitions of ``telemetry`` for ``days`` (plain PostgreSQL only; no-op otherwise)."""
+    if not days:
+        return
+    kind = conn.execute("SELECT relkind FROM pg_class WHERE oid = 'telemetry'::regclass").fetchone()
+    if not kind or kind[0] != "p":  # a TimescaleDB hypertable makes its own chunks
+        return
     for day in sorted(days):
         start = datetime(day.year, day.month, day.day, tzinfo=UTC)
         conn.execute(
@@ -214,7 +247,7 @@ def maintain(dsn: str, settings: StorageSettings, now: datetime | None = None) -
                         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(partition_name(day))))
                         report["dropped"].append(partition_name(day))
         elif backend == "timescaledb":
-            _apply_timescale_policies(conn, settings)
+            report["policies"] = _apply_timescale_policies(conn, settings)
         conn.execute("DELETE FROM ingest_batches WHERE committed_at < now() - interval '7 days'")
     return report
 
@@ -232,20 +265,94 @@ def _partition_days(conn: psycopg.Connection[Any]) -> set[date]:
     return days
 
 
-def _apply_timescale_policies(conn: psycopg.Connection[Any], settings: StorageSettings) -> None:
-    conn.execute("SELECT remove_compression_policy('telemetry', if_exists => true)")
-    if settings.compress_after is not None:
-        conn.execute(
-            "SELECT add_compression_policy('telemetry', %s::interval)", (settings.compress_after,)
-        )
-    conn.execute("SELECT remove_retention_policy('telemetry', if_exists => true)")
-    if settings.retention is not None:
-        conn.execute("SELECT add_retention_policy('telemetry', %s::interval)", (settings.retention,))
-    conn.execute("SELECT remove_continuous_aggregate_policy('telemetry_1m', if_exists => true)")
-    conn.execute(
-        "SELECT add_continuous_aggregate_policy('telemetry_1m', start_offset => INTERVAL '1 day', "
-        "end_offset => INTERVAL '1 minute', schedule_interval => INTERVAL '1 minute')"
-    )
+#: The continuous-aggregate refresh policy of ``telemetry_1m``: the last day, up to a minute ago, every minute
+#: (newer buckets are computed from the raw rows on read: the aggregate is real-time).
+_CAGG_POLICY = {"start_offset": timedelta(days=1), "end_offset": timedelta(minutes=1),
+                "schedule_interval": timedelta(minutes=1)}
+
+
+def _telemetry_jobs(conn: psycopg.Connection[Any], proc_name: str) -> list[tuple[int, dict[str, Any], timedelta]]:
+    """(job_id, config, schedule_interval) of the ``proc_name`` policies on ``telemetry`` or ``telemetry_1m``."""
+    rows = conn.execute(
+        "SELECT j.job_id, j.config, j.schedule_interval FROM timescaledb_information.jobs j "
+        "LEFT JOIN timescaledb_information.continuous_aggregates ca "
+        "  ON ca.materialization_hypertable_schema = j.hypertable_schema "
+        " AND ca.materialization_hypertable_name = j.hypertable_name "
+        "WHERE j.proc_name = %s "
+        "  AND ((j.hypertable_schema = current_schema() AND j.hypertable_name = 'telemetry') "
+        "    OR (ca.view_schema = current_schema() AND ca.view_name = 'telemetry_1m'))",
+        (proc_name,),
+    ).fetchall()
+    return [(int(r[0]), dict(r[1] or {}), r[2]) for r in rows]
+
+
+def _same_intervals(conn: psycopg.Connection[Any], pairs: list[tuple[Any, timedelta]]) -> bool:
+    """Whether each job-config interval text equals the wanted interval (compared by PostgreSQL)."""
+    for have, want in pairs:
+        if have is None:
+            return False
+        row = conn.execute("SELECT %s::interval = %s::interval", (str(have), want)).fetchone()
+        if not row or not row[0]:
+            return False
+    return True
+
+
+def _apply_timescale_policies(conn: psycopg.Connection[Any], settings: StorageSettings) -> dict[str, str]:
+    """Make the chunk interval and the policies match ``settings``; returns what each one is now.
+
+    Runs at every start and then hourly, so a policy already as wanted is left alone: dropping and re-adding
+    it would give it a new job id, lose its run history and reset its schedule every hour.
+    """
+    done: dict[str, str] = {}
+    row = conn.execute(
+        "SELECT time_interval FROM timescaledb_information.dimensions "
+        "WHERE hypertable_schema = current_schema() AND hypertable_name = 'telemetry' AND column_name = 'time'"
+    ).fetchone()
+    if row and row[0] != settings.chunk_interval:
+        conn.execute("SELECT set_chunk_time_interval('telemetry', %s::interval)", (settings.chunk_interval,))
+        done["chunk_interval"] = "changed"  # for chunks created from now on
+    else:
+        done["chunk_interval"] = "kept"
+
+    for proc, key, want, add_sql, remove_sql in (
+        ("policy_compression", "compress_after", settings.compress_after,
+         "SELECT add_compression_policy('telemetry', %s::interval)",
+         "SELECT remove_compression_policy('telemetry', if_exists => true)"),
+        ("policy_retention", "drop_after", settings.retention,
+         "SELECT add_retention_policy('telemetry', %s::interval)",
+         "SELECT remove_retention_policy('telemetry', if_exists => true)"),
+    ):
+        jobs = _telemetry_jobs(conn, proc)
+        if want is None:
+            if jobs:
+                conn.execute(remove_sql)
+                done[proc] = "removed"
+            else:
+                done[proc] = "none"
+        elif len(jobs) == 1 and _same_intervals(conn, [(jobs[0][1].get(key), want)]):
+            done[proc] = "kept"
+        else:
+            with conn.transaction():
+                conn.execute(remove_sql)
+                conn.execute(add_sql, (want,))
+            done[proc] = "replaced" if jobs else "added"
+
+    proc = "policy_refresh_continuous_aggregate"
+    jobs = _telemetry_jobs(conn, proc)
+    if len(jobs) == 1 and jobs[0][2] == _CAGG_POLICY["schedule_interval"] and _same_intervals(
+        conn, [(jobs[0][1].get(k), _CAGG_POLICY[k]) for k in ("start_offset", "end_offset")]
+    ):
+        done[proc] = "kept"
+    else:
+        with conn.transaction():
+            conn.execute("SELECT remove_continuous_aggregate_policy('telemetry_1m', if_exists => true)")
+            conn.execute(
+                "SELECT add_continuous_aggregate_policy('telemetry_1m', start_offset => %(start_offset)s::interval, "
+                "end_offset => %(end_offset)s::interval, schedule_interval => %(schedule_interval)s::interval)",
+                _CAGG_POLICY,
+            )
+        done[proc] = "replaced" if jobs else "added"
+    return done
 
 
 def storage_info(dsn: str) -> dict[str, Any]:
@@ -261,16 +368,44 @@ def storage_info(dsn: str) -> dict[str, Any]:
             return info
         sizes: dict[str, Any] = {}
         if info["backend"] == "timescaledb":
-            row = conn.execute("SELECT hypertable_size('telemetry')").fetchone()
-            sizes["telemetry_bytes"] = row[0] if row else None
-            info["chunks"] = conn.execute(
-                "SELECT count(*) FROM timescaledb_information.chunks WHERE hypertable_name = 'telemetry'"
-            ).fetchone()[0]  # type: ignore[index]
-            comp = conn.execute(
-                "SELECT before_compression_total_bytes, after_compression_total_bytes "
-                "FROM hypertable_compression_stats('telemetry')"
+            row = conn.execute(
+                "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'"
             ).fetchone()
-            info["compression"] = {"before_bytes": comp[0], "after_bytes": comp[1]} if comp else None
+            info["timescaledb_version"] = row[0] if row else None
+            row = conn.execute("SELECT coalesce(hypertable_size('telemetry'), 0)").fetchone()
+            sizes["telemetry_bytes"] = int(row[0]) if row else 0
+            row = conn.execute(
+                "SELECT coalesce(hypertable_size(format('%I.%I', materialization_hypertable_schema, "
+                "materialization_hypertable_name)::regclass), 0) "
+                "FROM timescaledb_information.continuous_aggregates "
+                "WHERE view_schema = current_schema() AND view_name = 'telemetry_1m'"
+            ).fetchone()
+            sizes["telemetry_1m_bytes"] = int(row[0]) if row else 0
+            row = conn.execute(
+                "SELECT time_interval FROM timescaledb_information.dimensions "
+                "WHERE hypertable_schema = current_schema() AND hypertable_name = 'telemetry' "
+                "AND column_name = 'time'"
+            ).fetchone()
+            info["chunk_interval_s"] = int(row[0].total_seconds()) if row and row[0] is not None else None
+            row = conn.execute(
+                "SELECT count(*), count(*) FILTER (WHERE is_compressed) FROM timescaledb_information.chunks "
+                "WHERE hypertable_schema = current_schema() AND hypertable_name = 'telemetry'"
+            ).fetchone()
+            info["chunks"] = int(row[0]) if row else 0
+            comp = conn.execute(
+                "SELECT coalesce(sum(before_compression_total_bytes), 0), "
+                "coalesce(sum(after_compression_total_bytes), 0) FROM hypertable_compression_stats('telemetry')"
+            ).fetchone()
+            info["compression"] = {
+                "compressed_chunks": int(row[1]) if row else 0,
+                "before_bytes": int(comp[0]) if comp else 0,
+                "after_bytes": int(comp[1]) if comp else 0,
+            }
+            info["policies"] = {
+                proc: {k: str(v) for k, v in config.items() if k.endswith(("_after", "_offset"))}
+                for proc in ("policy_compression", "policy_retention", "policy_refresh_continuous_aggregate")
+                for _job, config, _every in _telemetry_jobs(conn, proc)
+            }
         else:
             row = conn.execute(
                 "SELECT coalesce(sum(pg_total_relation_size(i.inhrelid)), 0) FROM pg_inherits i "

@@ -31,12 +31,15 @@ ALTER TABLE telemetry SET (timescaledb.compress,
                            timescaledb.compress_segmentby = 'vehicle_key',
                            timescaledb.compress_orderby = 'time DESC');
 
+-- Same shape and meaning as the plain-PostgreSQL view: real-time (materialized_only = false), so buckets the
+-- refresh policy has not reached yet are computed from the raw rows instead of missing, and last_lat/last_lon
+-- are the last *known* position in the minute (a sample without a GPS fix does not blank it).
 CREATE MATERIALIZED VIEW IF NOT EXISTS telemetry_1m
-WITH (timescaledb.continuous) AS
+WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS
 SELECT time_bucket(INTERVAL '1 minute', time) AS bucket,
        vehicle_key,
-       last(lat, time) AS last_lat,
-       last(lon, time) AS last_lon,
+       last(lat, time) FILTER (WHERE lat IS NOT NULL) AS last_lat,
+       last(lon, time) FILTER (WHERE lon IS NOT NULL) AS last_lon,
        max(ground_speed_mps) AS max_speed_mps,
        min(battery_pct) AS min_battery_pct,
        count(*) AS samples

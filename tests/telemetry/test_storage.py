@@ -1,13 +1,15 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
-from helpers import fresh_database, query
+from helpers import fresh_database, make_sample, query
 
 from gateway.embedded import EmbeddedPostgres
 from telemetry import storage
+from telemetry.writer import TelemetryWriter, WriterSettings
 
 pytestmark = pytest.mark.postgres
 
@@ -33,6 +35,7 @@ def test_refuses_a_database_newer_than_the_code(db: str) -> None:
         storage.upgrade(db)
 
 
+@pytest.mark.backends("postgresql")
 def test_plain_postgres_partitions_ahead_and_retention(db: str) -> None:
     now = datetime(2026, 11, 28, 12, tzinfo=UTC)
     settings = storage.StorageSettings(partitions_ahead_days=2, retention=timedelta(days=3))
@@ -48,10 +51,29 @@ def test_plain_postgres_partitions_ahead_and_retention(db: str) -> None:
     assert old not in info["partitions"]
 
 
-def test_the_1_minute_summary_has_the_same_shape_on_plain_postgres(db: str) -> None:
-    cols = [r[0] for r in query(db, "SELECT column_name FROM information_schema.columns "
-                                    "WHERE table_name = 'telemetry_1m' ORDER BY ordinal_position")]
-    assert cols == ["bucket", "vehicle_key", "last_lat", "last_lon", "max_speed_mps", "min_battery_pct", "samples"]
+def test_the_1_minute_summary_has_the_same_shape_on_both_backends(db: str) -> None:
+    cols = query(db, "SELECT column_name, data_type FROM information_schema.columns "
+                     "WHERE table_name = 'telemetry_1m' ORDER BY ordinal_position")
+    assert cols == [("bucket", "timestamp with time zone"), ("vehicle_key", "integer"),
+                    ("last_lat", "double precision"), ("last_lon", "double precision"), ("max_speed_mps", "real"),
+                    ("min_battery_pct", "real"), ("samples", "bigint")]
+
+
+def test_the_1_minute_summary_is_current_and_keeps_the_last_known_position(db: str) -> None:
+    """Right after a write, without waiting for a refresh; a sample without a fix does not blank the position."""
+    t0 = (datetime.now(UTC) - timedelta(minutes=10)).replace(second=0, microsecond=0)
+    with psycopg.connect(db, autocommit=True) as conn:
+        key = conn.execute("INSERT INTO vehicles (id, kind) VALUES ('car-01', 'patrol_car') RETURNING key").fetchone()
+        assert key is not None
+        rows = [(5, 31.1, 121.1, 5.0, 80.0), (20, 31.2, 121.2, 9.0, 79.0), (40, None, None, 7.0, 78.5),
+                (60, 31.3, 121.3, 1.0, 78.0)]
+        for second, lat, lon, speed, battery in rows:
+            t = t0 + timedelta(seconds=second)
+            conn.execute("INSERT INTO telemetry (time, vehicle_key, received_at, lat, lon, ground_speed_mps, "
+                         "battery_pct) VALUES (%s, %s, %s, %s, %s, %s, %s)", (t, key[0], t, lat, lon, speed, battery))
+    got = query(db, "SELECT bucket, last_lat, last_lon, max_speed_mps, min_battery_pct, samples FROM telemetry_1m "
+                    "ORDER BY bucket")
+    assert got == [(t0, 31.2, 121.2, 9.0, 78.5, 3), (t0 + timedelta(minutes=1), 31.3, 121.3, 1.0, 78.0, 1)]
 
 
 def test_backend_postgresql_is_forced_when_asked(pg_server: EmbeddedPostgres) -> None:
@@ -71,16 +93,78 @@ def test_asking_for_timescaledb_without_it_is_a_clear_error(pg_server: EmbeddedP
 
 
 @pytest.mark.timescaledb
-def test_timescaledb_hypertable_compression_and_aggregate() -> None:
-    with EmbeddedPostgres(timescaledb=True) as pg:
-        settings = storage.StorageSettings(chunk_interval=timedelta(hours=6), retention=timedelta(days=30))
-        storage.upgrade(pg.dsn, settings)
-        info = storage.storage_info(pg.dsn)
-        assert info["backend"] == "timescaledb"
-        ht = query(pg.dsn, "SELECT hypertable_name FROM timescaledb_information.hypertables")
-        assert ("telemetry",) in ht
-        jobs = {r[0] for r in query(pg.dsn, "SELECT proc_name FROM timescaledb_information.jobs")}
-        assert {"policy_compression", "policy_retention", "policy_refresh_continuous_aggregate"} <= jobs
-        interval = query(pg.dsn, "SELECT time_interval FROM timescaledb_information.dimensions "
-                                 "WHERE hypertable_name = 'telemetry'")
-        assert interval == [(timedelta(hours=6),)]
+def test_auto_uses_plain_postgres_when_timescaledb_is_installed_but_not_preloaded(
+    pg_server: EmbeddedPostgres, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The session's plain server has the extension installed but not in shared_preload_libraries."""
+    dsn = fresh_database(pg_server.dsn, "mig_tsdb_not_preloaded")
+    storage.upgrade(dsn)
+    assert storage.storage_info(dsn)["backend"] == "postgresql"
+    assert "shared_preload_libraries" in caplog.text
+    dsn = fresh_database(pg_server.dsn, "mig_tsdb_not_preloaded_forced")
+    with pytest.raises(RuntimeError, match="shared_preload_libraries"):
+        storage.upgrade(dsn, storage.StorageSettings(backend="timescaledb"))
+
+
+def _jobs(dsn: str) -> dict[str, tuple[int, dict[str, object]]]:
+    rows = query(dsn, "SELECT proc_name, job_id, config FROM timescaledb_information.jobs WHERE job_id >= 1000")
+    return {name: (job_id, config) for name, job_id, config in rows}
+
+
+@pytest.mark.timescaledb
+def test_timescaledb_hypertable_compression_and_aggregate(tsdb_server: EmbeddedPostgres) -> None:
+    dsn = fresh_database(tsdb_server.dsn, "tsdb_policies")
+    settings = storage.StorageSettings(chunk_interval=timedelta(hours=6), retention=timedelta(days=30))
+    storage.upgrade(dsn, settings)
+    info = storage.storage_info(dsn)
+    assert info["backend"] == "timescaledb"
+    assert info["chunk_interval_s"] == 6 * 3600
+    ht = query(dsn, "SELECT hypertable_name FROM timescaledb_information.hypertables")
+    assert ("telemetry",) in ht
+    jobs = _jobs(dsn)
+    assert {"policy_compression", "policy_retention", "policy_refresh_continuous_aggregate"} <= set(jobs)
+    assert info["policies"]["policy_compression"] == {"compress_after": "7 days"}
+    assert info["policies"]["policy_retention"] == {"drop_after": "30 days"}
+    interval = query(dsn, "SELECT time_interval FROM timescaledb_information.dimensions "
+                          "WHERE hypertable_name = 'telemetry'")
+    assert interval == [(timedelta(hours=6),)]
+    assert query(dsn, "SELECT materialized_only FROM timescaledb_information.continuous_aggregates "
+                      "WHERE view_name = 'telemetry_1m'") == [(False,)]
+
+    # The hourly maintain leaves policies that are as wanted alone (same jobs, same schedule).
+    report = storage.maintain(dsn, settings)
+    assert set(report["policies"].values()) == {"kept"}
+    assert _jobs(dsn) == jobs
+
+    # Changed settings take effect: compression off, another retention, another chunk interval.
+    changed = storage.StorageSettings(chunk_interval=timedelta(days=1), compress_after=None,
+                                      retention=timedelta(days=90))
+    report = storage.maintain(dsn, changed)
+    assert report["policies"] == {"chunk_interval": "changed", "policy_compression": "removed",
+                                  "policy_retention": "replaced", "policy_refresh_continuous_aggregate": "kept"}
+    now = _jobs(dsn)
+    assert "policy_compression" not in now
+    assert now["policy_retention"][1]["drop_after"] == "90 days"
+    assert storage.storage_info(dsn)["chunk_interval_s"] == 86400
+
+
+@pytest.mark.backends("timescaledb")
+async def test_timescaledb_compressed_chunks_still_take_late_samples(db: str, tmp_path: Path) -> None:
+    """A replayed old log lands in a chunk that the compression policy has already compressed."""
+    old = datetime.now(UTC) - timedelta(days=20)
+    writer = TelemetryWriter(db, WriterSettings(spool_dir=str(tmp_path / "spool"), flush_interval_s=0.05))
+    await writer.start()
+    await writer.submit([make_sample(f"car-{i % 4:02d}", old + timedelta(seconds=i)) for i in range(400)])
+    await writer.flush()
+    [(job_id, _config)] = [v for k, v in _jobs(db).items() if k == "policy_compression"]
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("CALL run_job(%s)", (job_id,))
+    info = storage.storage_info(db)
+    assert info["compression"]["compressed_chunks"] == info["chunks"] == 1
+    assert info["compression"]["before_bytes"] > 0 and info["compression"]["after_bytes"] > 0
+    await writer.submit([make_sample("car-09", old + timedelta(seconds=1000), battery_pct=42.0)])
+    await writer.stop()
+    assert writer.stats.rejected == {}
+    assert query(db, "SELECT count(*), count(DISTINCT vehicle_key) FROM telemetry") == [(401, 5)]
+    assert query(db, "SELECT battery_pct FROM telemetry WHERE time = %s", old + timedelta(seconds=1000)) == [(42.0,)]
+    assert query(db, "SELECT sum(samples) FROM telemetry_1m") == [(401,)]
