@@ -12,16 +12,20 @@ same timestamp), ``out_of_range:<field>`` for any other field outside its physic
 from __future__ import annotations
 
 import math
-from collections import Counter, OrderedDict
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from operator import attrgetter
+from typing import Any
 
 from telemetry.model import Rejection, Sample, VehicleKind, utcnow
 
 __all__ = ["ValidationLimits", "Validator", "haversine_m"]
 
 _EARTH_RADIUS_M = 6_371_008.8
+#: Metres per degree of a great circle: R * |dlat| + R * |dlon| (in radians) bounds any great-circle distance
+#: from above (the way along the meridian, then along the parallel, is never shorter), for a cheap first test.
+_M_PER_DEG = _EARTH_RADIUS_M * math.pi / 180.0
 _EPOCH_2000 = datetime(2000, 1, 1, tzinfo=UTC)
 
 
@@ -44,6 +48,7 @@ class ValidationLimits:
     #: A jump shorter than this is GPS noise, never an impossible speed.
     jump_noise_m: float = 50.0
     max_future_s: float = 300.0
+    #: Key times remembered per vehicle for the duplicate check: at least this many, at most twice as many.
     duplicate_window: int = 512
     #: (min, max) per optional field; None bounds are open.
     ranges: dict[str, tuple[float | None, float | None]] = field(
@@ -69,7 +74,29 @@ class _VehicleState:
     last_lat: float | None = None
     last_lon: float | None = None
     last_time: datetime | None = None
-    recent: OrderedDict[datetime, None] = field(default_factory=OrderedDict)
+    # Remembered key times in two generations: ``recent`` fills up to the window, then becomes ``older``.
+    recent: set[datetime] = field(default_factory=set)
+    older: set[datetime] = field(default_factory=set)
+
+
+def _range_checker(ranges: Mapping[str, tuple[float | None, float | None]]) -> Callable[[Any], str | None]:
+    """One straight-line function checking every bounded field: a loop over the fields cost as much as all the
+    other checks together. NaN fails the comparison, so it is out of range, as None bounds are open."""
+    lines = ["def check(s):"]
+    bounds: dict[str, float] = {}
+    for i, (name, (lo, hi)) in enumerate(ranges.items()):
+        if not name.isidentifier():
+            raise ValueError(f"not a sample field: {name!r}")
+        bounds[f"lo{i}"] = -math.inf if lo is None else lo
+        bounds[f"hi{i}"] = math.inf if hi is None else hi
+        lines += [f"    v = s.{name}",
+                  f"    if v is not None and not lo{i} <= v <= hi{i}:",
+                  f"        return {'out_of_range:' + name!r}"]
+    lines.append("    return None")
+    namespace: dict[str, Any] = dict(bounds)
+    exec(compile("\n".join(lines) + "\n", "<validation ranges>", "exec"), namespace)
+    check: Callable[[Any], str | None] = namespace["check"]
+    return check
 
 
 class Validator:
@@ -80,12 +107,7 @@ class Validator:
 
     def __init__(self, limits: ValidationLimits | None = None) -> None:
         self.limits = limits or ValidationLimits()
-        names = tuple(self.limits.ranges)
-        self._range_names = names
-        self._range_values = attrgetter(*names)
-        self._range_bounds = tuple(
-            (-math.inf if lo is None else lo, math.inf if hi is None else hi) for lo, hi in self.limits.ranges.values()
-        )
+        self._out_of_range = _range_checker(self.limits.ranges)
         self.rejected: Counter[str] = Counter()
         self.accepted = 0
         self._vehicles: dict[str, _VehicleState] = {}
@@ -94,7 +116,7 @@ class Validator:
         """Remember already-stored timestamps (after a restart) so redelivered messages count as duplicates."""
         state = self._vehicles.setdefault(vehicle, _VehicleState())
         for t in key_times[-self.limits.duplicate_window :]:
-            state.recent[t] = None
+            self._remember_time(state, t)
 
     def check(self, sample: Sample, now: datetime | None = None) -> str | None:
         """The reason code when ``sample`` must be rejected, else None (and the sample is remembered)."""
@@ -135,42 +157,56 @@ class Validator:
                 return "invalid_coordinates"
         elif not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0) or (lat == 0.0 and lon == 0.0):
             return "invalid_coordinates"  # NaN fails the comparisons too
-        limit = self.limits.max_speed_mps.get(s.kind, 70.0)
+        limits = self.limits
+        limit = limits.max_speed_mps.get(s.kind, 70.0)
         speed = s.ground_speed_mps
         if speed is not None and not 0.0 <= speed <= limit:
             return "impossible_speed"
-        vehicle_time = s.vehicle_time
-        if s.time > horizon or (vehicle_time is not None and vehicle_time > horizon):
-            return "future_timestamp"
-        if vehicle_time is not None and vehicle_time < _EPOCH_2000:
-            return "stale_timestamp"
-        for value, (lo, hi), name in zip(self._range_values(s), self._range_bounds, self._range_names, strict=True):
-            if value is not None and not lo <= value <= hi:
-                return f"out_of_range:{name}"
+        key = s.vehicle_time
+        if key is None:
+            key = s.time
+            if key > horizon:
+                return "future_timestamp"
+        else:
+            if s.time > horizon or key > horizon:
+                return "future_timestamp"
+            if key < _EPOCH_2000:
+                return "stale_timestamp"
+        reason = self._out_of_range(s)
+        if reason is not None:
+            return reason
         state = self._vehicles.get(s.vehicle)
         if state is None:
             return None
-        key = s.key_time
-        if key in state.recent:
+        if key in state.recent or key in state.older:
             return "duplicate"
-        if lat is not None and lon is not None and state.last_lat is not None and state.last_time is not None:
-            distance_m = haversine_m(state.last_lat, state.last_lon or 0.0, lat, lon)
-            if distance_m > self.limits.jump_noise_m:
-                dt_s = abs((key - state.last_time).total_seconds())
-                if dt_s == 0 or distance_m / dt_s > limit:
-                    return "impossible_speed"
+        last_lat, last_time = state.last_lat, state.last_time
+        if lat is not None and lon is not None and last_lat is not None and last_time is not None:
+            last_lon = state.last_lon or 0.0
+            noise_m = limits.jump_noise_m
+            # Most fixes are metres apart: the cheap upper bound settles them without trigonometry.
+            if (abs(lat - last_lat) + abs(lon - last_lon)) * _M_PER_DEG > noise_m:
+                distance_m = haversine_m(last_lat, last_lon, lat, lon)
+                if distance_m > noise_m:
+                    dt_s = abs((key - last_time).total_seconds())
+                    if dt_s == 0 or distance_m / dt_s > limit:
+                        return "impossible_speed"
         return None
 
     def _remember(self, s: Sample) -> None:
         state = self._vehicles.get(s.vehicle)
         if state is None:
             state = self._vehicles[s.vehicle] = _VehicleState()
-        key = s.key_time
-        state.recent[key] = None
-        if len(state.recent) > self.limits.duplicate_window:
-            state.recent.popitem(last=False)
+        key = s.vehicle_time or s.time
+        self._remember_time(state, key)
         if s.lat_deg is not None and (state.last_time is None or key >= state.last_time):
             state.last_lat, state.last_lon, state.last_time = s.lat_deg, s.lon_deg, key
+
+    def _remember_time(self, state: _VehicleState, key: datetime) -> None:
+        recent = state.recent
+        recent.add(key)
+        if len(recent) >= self.limits.duplicate_window:
+            state.older, state.recent = recent, set()
 
 
 def describe(s: Sample) -> str:

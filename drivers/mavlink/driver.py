@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pymavlink.dialects.v20 import ardupilotmega as mavlink
@@ -45,8 +45,8 @@ from drivers.commands import (
     UploadMission,
 )
 from drivers.mavlink.commander import Commander
-from drivers.mavlink.endpoints import Endpoint, Peer, open_endpoint
-from drivers.mavlink.fastdecode import decoder_for
+from drivers.mavlink.endpoints import MAX_BURST, Endpoint, Peer, open_endpoint
+from drivers.mavlink.fastdecode import Decoder, decoder_for
 from drivers.mavlink.framing import Frame, FrameSplitter
 from drivers.mavlink.normalize import MSG, STATE_UPDATERS, DroneState, is_vehicle_heartbeat
 from drivers.mavlink.signing import SigningPolicy, mavlink_timestamp_now
@@ -62,6 +62,7 @@ _GLOBAL_POSITION_INT = MSG["GLOBAL_POSITION_INT"]
 _GPS_RAW_INT = MSG["GPS_RAW_INT"]
 _STATUSTEXT = MSG["STATUSTEXT"]
 _RADIO_STATUS = MSG["RADIO_STATUS"]
+_HOME_POSITION = MSG["HOME_POSITION"]
 _COMMANDER_MSGS = {
     _M.MAVLINK_MSG_ID_COMMAND_ACK, _M.MAVLINK_MSG_ID_MISSION_REQUEST, _M.MAVLINK_MSG_ID_MISSION_REQUEST_INT,
     _M.MAVLINK_MSG_ID_MISSION_ACK, _M.MAVLINK_MSG_ID_MISSION_COUNT, _M.MAVLINK_MSG_ID_MISSION_ITEM_INT,
@@ -74,6 +75,23 @@ _DATA_STREAMS = {
     "GPS_RAW_INT": _M.MAV_DATA_STREAM_EXTENDED_STATUS, "BATTERY_STATUS": _M.MAV_DATA_STREAM_EXTRA3,
 }
 _REJECTIONS_PER_S = 20
+#: Frames remembered per drone to recognise the copy of a frame that arrives on a second link: 64 to 128.
+_DUPLICATE_WINDOW = 64
+#: Receive times within one burst of datagrams: the clock is read once per burst (at T) and datagram i is stamped
+#: T + i µs, so every datagram keeps a distinct receive time, in arrival order (validation's duplicate check is
+#: per vehicle and time). Reading a datagram takes well over a microsecond, so stamps never pass the next burst's T.
+_BURST_STEPS = tuple(timedelta(microseconds=i) for i in range(MAX_BURST))
+
+
+class _Decoders(dict[int, "Decoder | None"]):
+    """msgid -> fast decoder (None for an id the dialect lacks), looked up with one subscript per frame."""
+
+    def __missing__(self, msgid: int) -> Decoder | None:
+        decoder = self[msgid] = decoder_for(msgid)
+        return decoder
+
+
+_DECODERS = _Decoders()
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +123,8 @@ class MavlinkOptions:
 class _Drone:
     """Everything the driver keeps per drone: state, link, health, commander, encoder."""
 
-    __slots__ = ("commander", "encoder", "last_heartbeat", "last_seq", "lost", "online", "peer", "received",
-                 "recent", "state", "window_lost", "window_received")
+    __slots__ = ("commander", "encoder", "last_heartbeat", "lost", "next_seq", "older", "online", "peer",
+                 "received", "recent", "state", "window_lost", "window_start")
 
     def __init__(self, state: DroneState, commander: Commander, encoder: Any) -> None:
         self.state = state
@@ -115,12 +133,14 @@ class _Drone:
         self.peer: Peer | None = None
         self.online = False
         self.last_heartbeat = 0.0
-        self.last_seq: dict[int, int] = {}
+        self.next_seq: dict[int, int] = {}  # per component: the sequence number expected next
         self.received = 0
         self.lost = 0
-        self.window_received = 0
+        self.window_start = 0  # ``received`` when the current link-quality window began
         self.window_lost = 0
-        self.recent: dict[int, None] = {}  # insertion-ordered: the oldest is evicted first
+        # Identities of the latest frames, in two generations: ``recent`` fills up, then becomes ``older``.
+        self.recent: set[bytes] = set()
+        self.older: set[bytes] = set()
 
 
 class _LinkCounters:
@@ -171,7 +191,7 @@ class MavlinkDriver(Driver):
         try:
             for url in self.options.endpoints:
                 self._counters[url] = _LinkCounters()
-                self._endpoints.append(await open_endpoint(url, self._on_vehicle_data))
+                self._endpoints.append(await open_endpoint(url, self._on_vehicle_data, self._on_vehicle_chunks))
             for url in self.options.forward:
                 self._forwards.append(await open_endpoint(url, self._on_gcs_data))
         except Exception:
@@ -210,22 +230,39 @@ class MavlinkDriver(Driver):
         return entry
 
     def _on_vehicle_data(self, data: bytes, peer: Peer) -> None:
-        splitter, link = self._splitter_for(peer)
+        """A piece of a stream (TCP connection, serial port)."""
+        self._on_vehicle_chunks([data], [peer])
+
+    def _on_vehicle_chunks(self, chunks: list[bytes], peers: list[Peer]) -> None:
+        """What one link received in one go (a burst of UDP datagrams, a piece of a stream), in arrival order."""
+        if len(chunks) > MAX_BURST:  # more than an endpoint hands over at once (one receive time per burst)
+            for at in range(0, len(chunks), MAX_BURST):
+                self._on_vehicle_chunks(chunks[at : at + MAX_BURST], peers[at : at + MAX_BURST])
+            return
+        first = peers[0]
+        splitter, link = self._splitter_for(first)  # datagrams of one endpoint share a splitter
         stats = splitter.stats
-        bad_before = stats.junk_bytes
-        frames = splitter.feed(data, not peer.stream)
-        if stats.junk_bytes != bad_before:
-            self._reject_raw(link, data, stats)
-        if frames:
-            now = utcnow()
-            forwards = self._forwards
-            process = self.process
-            for frame in frames:
-                if forwards:
-                    raw = frame.raw
-                    for out in forwards:
-                        out.broadcast(raw)
-                process(frame, now, peer, link)
+        split = splitter.feed if first.stream else splitter.feed_datagram
+        forwards = self._forwards
+        process = self.process
+        received_at = utcnow()
+        for data, peer, step in zip(chunks, peers, _BURST_STEPS, strict=False):  # len(chunks) <= MAX_BURST
+            junk_before = stats.junk_bytes
+            frames = split(data)
+            if stats.junk_bytes != junk_before:
+                self._reject_raw(link, data, stats)
+            if not frames:
+                continue
+            now = received_at + step
+            try:
+                for frame in frames:
+                    if forwards:
+                        raw = frame.raw
+                        for out in forwards:
+                            out.broadcast(raw)
+                    process(frame, now, peer, link)
+            except Exception:  # a bug on one datagram must not cost the rest of the burst
+                log.exception("MAVLink frame handling failed on %s", link)
 
     def process(self, frame: Frame, now: datetime, peer: Peer | None = None, link: str = "replay") -> None:
         """Handle one valid frame received at ``now`` (UTC) on ``link``; also the entry point of tlog replay."""
@@ -247,32 +284,32 @@ class MavlinkDriver(Driver):
             if drone is None:
                 self._counter(link).unregistered += 1
                 return
-        # The same frame on a second link: keep one copy. Message id, sequence number and CRC identify it.
+        # The same frame on a second link: keep one copy. Its bytes up to the CRC identify it (header with
+        # sequence number, payload, CRC); a signature block may differ per link and is left out.
         raw = frame.raw
-        seq = frame.seq
-        crc_at = -15 if raw[0] == 0xFD and raw[2] & 1 else -2
-        ident = (msgid << 32) | (frame.compid << 24) | (seq << 16) | (raw[crc_at] << 8) | raw[crc_at + 1]
+        ident = raw[:-13] if raw[0] == 0xFD and raw[2] else raw  # MAVLink 2 incompat flags: 1 = signed
         recent = drone.recent
-        if ident in recent:
+        if ident in recent or ident in drone.older:
             self._counter(link).duplicates += 1
             return
-        recent[ident] = None
-        if len(recent) > 64:
-            del recent[next(iter(recent))]
+        recent.add(ident)
+        if len(recent) >= _DUPLICATE_WINDOW:
+            drone.older, drone.recent = recent, set()
         if peer is not None:
             drone.peer = peer
-        # Sequence gaps (per component) give packet loss.
+        # Sequence gaps (per component) give packet loss; a step back of up to 128 is a reordering, not a loss.
+        seq = frame.seq
         compid = frame.compid
-        last = drone.last_seq.get(compid)
-        if last is not None:
-            gap = (seq - last - 1) & 0xFF
-            if gap and gap < 128:
+        next_seq = drone.next_seq
+        expected = next_seq.get(compid, seq)
+        if seq != expected:
+            gap = (seq - expected) & 0xFF
+            if gap < 128:
                 drone.lost += gap
                 drone.window_lost += gap
-        drone.last_seq[compid] = seq
+        next_seq[compid] = (seq + 1) & 0xFF
         drone.received += 1
-        drone.window_received += 1
-        decoder = decoder_for(msgid)
+        decoder = _DECODERS[msgid]
         if decoder is None:
             return
         msg = decoder(frame.payload)
@@ -286,7 +323,7 @@ class MavlinkDriver(Driver):
         updater = STATE_UPDATERS.get(msgid)
         if updater is not None:
             updater(state, msg)
-            if msgid == MSG["HOME_POSITION"]:
+            if msgid == _HOME_POSITION:
                 drone.commander.home = state.home
             return
         if msgid == _HEARTBEAT:
@@ -519,10 +556,11 @@ class MavlinkDriver(Driver):
             if now_mono - window_started >= 5.0:
                 window_started = now_mono
                 for drone in self._drones.values():
-                    total = drone.window_received + drone.window_lost
+                    received = drone.received - drone.window_start
+                    total = received + drone.window_lost
                     if total:
-                        drone.state.link_quality_pct = round(100.0 * drone.window_received / total, 1)
-                    drone.window_received = drone.window_lost = 0
+                        drone.state.link_quality_pct = round(100.0 * received / total, 1)
+                    drone.window_start, drone.window_lost = drone.received, 0
 
     # -- counters ----------------------------------------------------------------------------------------
 

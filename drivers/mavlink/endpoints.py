@@ -7,27 +7,36 @@ a server for several clients, ``serial:/dev/ttyUSB0:57600`` a serial port (termi
 No thread per link, no blocking receive loop: UDP sockets are drained with ``loop.add_reader`` until they would
 block (asyncio's own datagram transport reads one datagram per loop iteration, which caps a busy link at the
 loop's iteration rate), streams use asyncio's transports. Every received chunk is handed to ``on_data`` with the
-``Peer`` it came from; ``Peer.send`` answers that peer on the same link.
+``Peer`` it came from; ``Peer.send`` answers that peer on the same link. A UDP link given ``on_datagrams`` hands
+over each drained burst in one call instead (at most ``MAX_BURST`` datagrams, in arrival order), so per-datagram
+work that can be shared (a clock reading, lookups, counters) is done once per burst.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
 import logging
+import mmap
 import os
 import socket
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Endpoint", "EndpointError", "Peer", "open_endpoint", "parse_url"]
+__all__ = ["MAX_BURST", "Endpoint", "EndpointError", "Peer", "open_endpoint", "parse_url"]
 
 log = logging.getLogger(__name__)
 
 #: Large receive buffers absorb bursts (a fleet's worth of frames) while the pipeline catches up.
 _RCVBUF_BYTES = 32 << 20
+#: SO_RCVBUFFORCE (Linux; Python's socket module does not name it) may pass net.core.rmem_max, SO_RCVBUF may not.
+_SO_RCVBUFFORCE: int | None = getattr(socket, "SO_RCVBUFFORCE", 33 if sys.platform.startswith("linux") else None)
+#: Most datagrams read in one wake-up, so one busy link cannot starve the event loop's other work.
+MAX_BURST = 4096
 
 
 class EndpointError(ValueError):
@@ -95,6 +104,9 @@ class Peer:
 
 
 OnData = Callable[[bytes, Peer], None]
+#: A burst of datagrams drained from one UDP socket, in arrival order, and the peer each came from (parallel
+#: lists rather than pairs: a tuple per datagram would be one more object for the garbage collector to track).
+OnDatagrams = Callable[[list[bytes], list[Peer]], None]
 
 
 @dataclass(eq=False)
@@ -103,6 +115,7 @@ class Endpoint:
 
     url: EndpointUrl
     on_data: OnData
+    on_datagrams: OnDatagrams | None = None
     peers: dict[Any, Peer] = field(default_factory=dict)
     stats: dict[str, int] = field(default_factory=lambda: {
         "rx_chunks": 0, "rx_bytes": 0, "tx_frames": 0, "tx_bytes": 0, "tx_errors": 0, "connects": 0})
@@ -140,6 +153,15 @@ class Endpoint:
         except Exception:  # a bug in a handler must not kill the link
             log.exception("MAVLink handler failed on %s", self.url)
 
+    def _each_datagram(self, datagrams: list[bytes], peers: list[Peer]) -> None:
+        """The burst handler of a link without ``on_datagrams``: ``on_data`` for each datagram."""
+        on_data = self.on_data
+        for data, peer in zip(datagrams, peers, strict=True):
+            try:
+                on_data(data, peer)
+            except Exception:  # one bad datagram must not cost the rest of the burst
+                log.exception("MAVLink handler failed on %s", self.url)
+
     async def start(self) -> None:
         scheme = self.url.scheme
         if scheme in ("udpin", "udpout"):
@@ -170,7 +192,7 @@ class Endpoint:
         family = socket.AF_INET6 if ":" in self.url.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         sock.setblocking(False)
-        for opt in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
+        for opt in (_SO_RCVBUFFORCE, socket.SO_RCVBUF):
             if opt is None:
                 continue
             with contextlib.suppress(OSError):
@@ -190,25 +212,42 @@ class Endpoint:
             fixed_peer = Peer(self, address, lambda data: sock.sendto(data, address))
             self.peers[address] = fixed_peer
         self.local_address = sock.getsockname()
-        recvfrom = sock.recvfrom
+        reader: _RecvFrom | _RecvMmsg = _RecvMmsg.create(sock) or _RecvFrom(sock)
         peers = self.peers
-        received = self._received
+        by_source: dict[Hashable, Peer] = {}  # the reader's source key (address or raw sockaddr) -> peer
+        stats = self.stats
+        handle = self.on_datagrams or self._each_datagram
+
+        def peer_from(source: Hashable) -> Peer:
+            if fixed_peer is not None:
+                peer = fixed_peer
+            else:
+                address = reader.address(source)
+                peer = peers.get(address) or Peer(self, address, _udp_sender(sock, address))
+                peers[address] = peer
+            by_source[source] = peer
+            return peer
 
         def drain() -> None:
-            # Read until the socket would block: one wake-up serves a whole burst of datagrams.
-            for _ in range(4096):
-                try:
-                    data, address = recvfrom(65535)
-                except (BlockingIOError, InterruptedError):
-                    return
-                except OSError as exc:  # e.g. ICMP port unreachable reported on udpout
-                    if exc.errno not in (errno.ECONNREFUSED,):
-                        log.debug("recv on %s: %s", self.url, exc)
-                    return
-                peer = fixed_peer or peers.get(address)
-                if peer is None:
-                    peer = peers[address] = Peer(self, address, _udp_sender(sock, address))
-                received(data, peer)
+            # Read until the socket would block: one wake-up serves a whole burst of datagrams, handed over at once.
+            datagrams: list[bytes] = []
+            sources: list[Hashable] = []
+            try:
+                reader.read(datagrams, sources, MAX_BURST)
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError as exc:  # e.g. ICMP port unreachable reported on udpout
+                if exc.errno not in (errno.ECONNREFUSED,):
+                    log.debug("recv on %s: %s", self.url, exc)
+            if not datagrams:
+                return
+            senders = [by_source.get(source) or peer_from(source) for source in sources]
+            stats["rx_chunks"] += len(datagrams)
+            stats["rx_bytes"] += sum(map(len, datagrams))
+            try:
+                handle(datagrams, senders)
+            except Exception:  # a bug in a handler must not kill the link
+                log.exception("MAVLink handler failed on %s", self.url)
 
         loop.add_reader(sock.fileno(), drain)
         self._closers.append(sock.close)
@@ -303,6 +342,131 @@ def _udp_sender(sock: socket.socket, address: Any) -> Callable[[bytes], None]:
     return lambda data: sock.sendto(data, address)
 
 
+class _RecvFrom:
+    """Reads a UDP socket with one recvfrom(2) per datagram: the portable way. Sources are addresses."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._recvfrom = sock.recvfrom
+
+    def read(self, datagrams: list[bytes], sources: list[Hashable], limit: int) -> None:
+        """Append up to ``limit`` datagrams and their sources; raises BlockingIOError once the socket is empty."""
+        recvfrom = self._recvfrom
+        add_datagram, add_source = datagrams.append, sources.append
+        for _ in range(limit):
+            data, address = recvfrom(65535)
+            add_datagram(data)
+            add_source(address)
+
+    @staticmethod
+    def address(source: Hashable) -> Any:
+        return source
+
+
+class _IoVec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+class _MsgHdr(ctypes.Structure):
+    _fields_ = [("msg_name", ctypes.c_void_p), ("msg_namelen", ctypes.c_uint32),
+                ("msg_iov", ctypes.POINTER(_IoVec)), ("msg_iovlen", ctypes.c_size_t),
+                ("msg_control", ctypes.c_void_p), ("msg_controllen", ctypes.c_size_t), ("msg_flags", ctypes.c_int)]
+
+
+class _MMsgHdr(ctypes.Structure):
+    _fields_ = [("msg_hdr", _MsgHdr), ("msg_len", ctypes.c_uint32)]
+
+
+class _RecvMmsg:
+    """Reads a UDP socket with recvmmsg(2) (Linux, through ctypes): up to ``SLOTS`` datagrams per system call.
+
+    Python's socket module has no recvmmsg, and a recvfrom per datagram was the largest single cost of a busy
+    link: a system call, plus a str and a tuple for the source address of every datagram. Here a source is the
+    raw sockaddr (as an int for IPv4, bytes for IPv6), decoded into an address only for a peer not seen before.
+    :meth:`create` returns None where recvmmsg is not available; the endpoint then reads with
+    :class:`_RecvFrom`, with the same results.
+    """
+
+    SLOTS = 64
+    SLOT_BYTES = 65536  # more than the largest UDP payload: a datagram is never cut
+    _MSG_DONTWAIT = 0x40
+
+    def __init__(self, sock: socket.socket, recvmmsg: Any) -> None:
+        self._fd = sock.fileno()
+        self._v6 = sock.family == socket.AF_INET6
+        # The kernel fills exactly one sockaddr of the socket's family per datagram: sockaddr_in6 or sockaddr_in.
+        self._name_bytes = 28 if self._v6 else 16
+        self._recvmmsg = recvmmsg
+        slots = self.SLOTS
+        # Anonymous memory: pages are only backed once the kernel writes into them (the start of each slot).
+        self._data = mmap.mmap(-1, slots * self.SLOT_BYTES)
+        self._names = bytearray(slots * self._name_bytes)
+        self._iovecs = (_IoVec * slots)()
+        self._msgs = (_MMsgHdr * slots)()
+        data = ctypes.addressof((ctypes.c_char * len(self._data)).from_buffer(self._data))
+        names = ctypes.addressof((ctypes.c_char * len(self._names)).from_buffer(self._names))
+        for i in range(slots):
+            self._iovecs[i].iov_base = data + i * self.SLOT_BYTES
+            self._iovecs[i].iov_len = self.SLOT_BYTES
+            hdr = self._msgs[i].msg_hdr
+            hdr.msg_name = names + i * self._name_bytes
+            hdr.msg_namelen = self._name_bytes
+            hdr.msg_iov = ctypes.pointer(self._iovecs[i])
+            hdr.msg_iovlen = 1
+        # The datagram lengths the kernel writes into the headers, read as 32-bit words.
+        self._words = memoryview(self._msgs).cast("B").cast("I")  # type: ignore[arg-type]
+        self._stride = ctypes.sizeof(_MMsgHdr) // 4
+        self._len_at = _MMsgHdr.msg_len.offset // 4
+
+    @classmethod
+    def create(cls, sock: socket.socket) -> _RecvMmsg | None:
+        if not sys.platform.startswith("linux") or sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return None
+        try:
+            recvmmsg = ctypes.CDLL(None, use_errno=True).recvmmsg
+        except (OSError, AttributeError):
+            return None
+        recvmmsg.argtypes = [ctypes.c_int, ctypes.POINTER(_MMsgHdr), ctypes.c_uint, ctypes.c_int, ctypes.c_void_p]
+        recvmmsg.restype = ctypes.c_int
+        return cls(sock, recvmmsg)
+
+    def read(self, datagrams: list[bytes], sources: list[Hashable], limit: int) -> None:
+        """Append up to ``limit`` datagrams and their sources; raises OSError (BlockingIOError when empty) only
+        if nothing more could be read, and returns early once a call finds fewer datagrams than it asked for."""
+        data = memoryview(self._data)
+        names = memoryview(self._names)
+        names4 = names.cast("I")  # sockaddr_in as words: family and port, then the IPv4 address
+        words, stride, len_at, slot_bytes = self._words, self._stride, self._len_at, self.SLOT_BYTES
+        v6, name_bytes = self._v6, self._name_bytes
+        add_datagram, add_source = datagrams.append, sources.append
+        while limit > 0:
+            want = min(limit, self.SLOTS)
+            got = self._recvmmsg(self._fd, self._msgs, want, self._MSG_DONTWAIT, None)
+            if got < 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err))  # BlockingIOError for EAGAIN
+            for i in range(got):
+                at = i * slot_bytes
+                add_datagram(data[at : at + words[i * stride + len_at]].tobytes())
+                if v6:
+                    at = i * name_bytes
+                    add_source(names[at : at + name_bytes].tobytes())
+                else:
+                    add_source(names4[4 * i] | names4[4 * i + 1] << 32)
+            if got < want:
+                return
+            limit -= got
+
+    def address(self, source: Hashable) -> Any:
+        """The address tuple ``recvfrom`` would give for a source."""
+        if isinstance(source, bytes):  # sockaddr_in6
+            host = socket.inet_ntop(socket.AF_INET6, source[8:24])
+            return (host, int.from_bytes(source[2:4], "big"), int.from_bytes(source[4:8], "big"),
+                    int.from_bytes(source[24:28], sys.byteorder))
+        assert isinstance(source, int)
+        raw = source.to_bytes(8, sys.byteorder)  # sockaddr_in without its zero padding
+        return (socket.inet_ntop(socket.AF_INET, raw[4:8]), int.from_bytes(raw[2:4], "big"))
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -313,7 +477,7 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-async def open_endpoint(url: str, on_data: OnData) -> Endpoint:
-    endpoint = Endpoint(parse_url(url), on_data)
+async def open_endpoint(url: str, on_data: OnData, on_datagrams: OnDatagrams | None = None) -> Endpoint:
+    endpoint = Endpoint(parse_url(url), on_data, on_datagrams)
     await endpoint.start()
     return endpoint

@@ -23,6 +23,7 @@ __all__ = ["MSG", "DroneState", "mode_name"]
 
 _UINT16_MAX = 65535
 _RAD_TO_DEG = 180.0 / math.pi
+_hypot = math.hypot
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _YEAR_2000_US = 946_684_800_000_000
 
@@ -168,14 +169,16 @@ class DroneState:
         heading = None if m.hdg == _UINT16_MAX else m.hdg / 100.0
         if heading is not None and heading >= 360.0:
             heading -= 360.0
-        speed = math.hypot(vx, vy)
-        return self._sample(now, m.lat, m.lon, m.alt / 1000.0, m.relative_alt / 1000.0, speed, heading,
-                            m.time_boot_ms, vz=m.vz / 100.0)
+        return self._sample(now, m.lat, m.lon, m.alt / 1000.0, m.relative_alt / 1000.0, _hypot(vx, vy), heading,
+                            m.time_boot_ms, m.vz / 100.0)
 
     def _sample(self, now: datetime, lat_e7: int, lon_e7: int, alt_msl_m: float, alt_rel_m: float | None,
                 speed_mps: float | None, heading_deg: float | None, time_boot_ms: int | None,
                 vz: float | None = None) -> Sample:
-        no_fix = lat_e7 == 0 and lon_e7 == 0
+        if lat_e7 == 0 and lon_e7 == 0:  # no fix
+            lat = lon = alt = None
+        else:
+            lat, lon, alt = lat_e7 / 1e7, lon_e7 / 1e7, alt_msl_m
         vehicle_time = None
         if time_boot_ms is not None and self._boot_epoch_ms is not None:
             vehicle_time = _EPOCH + timedelta(milliseconds=self._boot_epoch_ms + time_boot_ms)
@@ -195,8 +198,7 @@ class DroneState:
         climb = self.climb_mps if self.climb_mps is not None else (-vz if vz is not None else None)
         # Positional, in field order: this runs for every position of every drone.
         return Sample(
-            now, self.vehicle, self.kind, None if no_fix else lat_e7 / 1e7, None if no_fix else lon_e7 / 1e7,
-            vehicle_time, None if no_fix else alt_msl_m, alt_rel_m, heading_deg, speed_mps, climb,
+            now, self.vehicle, self.kind, lat, lon, vehicle_time, alt, alt_rel_m, heading_deg, speed_mps, climb,
             self.roll_deg, self.pitch_deg, self.yaw_deg, self.battery_pct, self.battery_v, self.mode, self.armed,
             self.gps_fix, self.satellites, self.link_quality_pct, extra or None, self.source,
         )

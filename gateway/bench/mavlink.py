@@ -35,8 +35,9 @@ def _sender(datagrams: list[bytes], port: int, received: Any, start: Any, window
     """Child process: send every datagram, never more than ``window`` ahead of the receiver."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
-    address = ("127.0.0.1", port)
-    send = sock.sendto
+    # Connected: the kernel resolves the route once, not per datagram (the gateway sees the same source address).
+    sock.connect(("127.0.0.1", port))
+    send = sock.send
     total = len(datagrams)
     start.value = time.time()
     i = 0
@@ -46,7 +47,7 @@ def _sender(datagrams: list[bytes], port: int, received: Any, start: Any, window
             time.sleep(0.0002)
             continue
         while i < limit:
-            send(datagrams[i], address)
+            send(datagrams[i])
             i += 1
     sock.close()
 
@@ -86,11 +87,10 @@ async def _e2e(dsn: str, datagrams: list[bytes], window: int) -> dict[str, Any]:
         elif time.monotonic() - idle_since > 3.0 and not proc.is_alive():
             break  # the sender finished and nothing more arrives: the rest was lost
     await driver.stop()  # flushes the driver's queue into the pipeline
-    await writer.flush()
+    await writer.stop()  # commits everything queued at once (flush() would let the last batch age first)
     finished = time.time()
     proc.join(10)
     stats = driver.stats()
-    await writer.stop()
     elapsed = finished - start.value
     return {
         "received": driver.frames_total, "samples": driver.samples_total, "elapsed_s": elapsed,

@@ -176,9 +176,10 @@ async def _e2e(dsn: str, broker: EmbeddedMosquitto, stream: list[tuple[str, byte
     elapsed = time.time() - started
     stats = gw.status()
     written = gw.writer.stats.written
+    batches = gw.writer.stats.batches
     await gw.stop()
     return {"elapsed_s": elapsed, "written": written, "received": stats["pipeline"]["received"],
-            "driver": stats["drivers"].get("mqtt", {})}
+            "driver": stats["drivers"].get("mqtt", {}), "batches": batches}
 
 
 def run_mqtt_bench(*, cars: int = 1000, messages: int = 100_000, batch: int = 1,
@@ -207,6 +208,7 @@ def run_mqtt_bench(*, cars: int = 1000, messages: int = 100_000, batch: int = 1,
         "ratio": round(msgs_per_s / ceiling, 3),
         "lost": samples_total - result["written"],
         "samples_committed": result["written"],
+        "writer_batches": result["batches"],
         "elapsed_s": round(result["elapsed_s"], 3),
         "publisher_msgs_per_s": round(publish_rate),
         "rejected": result["driver"].get("rejected_by_reason", {}),
