@@ -8,7 +8,6 @@ batch (vehicle keys, COPY, ``vehicle_latest`` upsert, batch id, commit) and the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import resource
 import shutil
 import subprocess
@@ -21,8 +20,8 @@ from typing import Any
 
 import psycopg
 
+from gateway.bench import database
 from gateway.bench.fleet_mix import fleet_mix
-from gateway.embedded import EmbeddedPostgres
 from telemetry import storage
 from telemetry.model import Sample
 from telemetry.writer import TELEMETRY_COLUMNS, TelemetryWriter, WriterSettings
@@ -34,13 +33,6 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-@contextlib.contextmanager
-def _database(dsn: str | None) -> Iterator[str]:
-    if dsn:
-        yield dsn
-        return
-    with EmbeddedPostgres() as pg:
-        yield pg.dsn
 
 
 def _reset(dsn: str) -> None:
@@ -104,7 +96,7 @@ async def _writer_run(
 def run_ingest_bench(rows: int = 1_000_000, dsn: str | None = None, batch_rows: int = 50_000,
                      seed: int = 7) -> dict[str, Any]:
     """Run the benchmark and return its figures (see the CLI for their meaning)."""
-    with _database(dsn) as db, tempfile.TemporaryDirectory(prefix="patrolgate-bench-") as tmp:
+    with database(dsn) as db, tempfile.TemporaryDirectory(prefix="patrolgate-bench-") as tmp:
         storage.upgrade(db)
         backend = storage.storage_info(db)["backend"]
         # 1. The exact rows the writer will write, through the writer once, exported in binary COPY format.

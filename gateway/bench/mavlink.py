@@ -14,16 +14,14 @@ is faster), measured in this process before the run.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import multiprocessing
 import socket
 import time
-from collections.abc import Iterator
 from typing import Any
 
 from drivers.mavlink import MavlinkDriver, MavlinkOptions
+from gateway.bench import database
 from gateway.bench.mavlink_decode import RATES_HZ, build_mix, fast_path_rate, pymavlink_ceiling
-from gateway.embedded import EmbeddedPostgres
 from gateway.pipeline import Pipeline
 from telemetry import storage
 from telemetry.writer import TelemetryWriter, WriterSettings
@@ -52,13 +50,6 @@ def _sender(datagrams: list[bytes], port: int, received: Any, start: Any, window
     sock.close()
 
 
-@contextlib.contextmanager
-def _database(dsn: str | None) -> Iterator[str]:
-    if dsn:
-        yield dsn
-        return
-    with EmbeddedPostgres() as pg:
-        yield pg.dsn
 
 
 async def _e2e(dsn: str, datagrams: list[bytes], window: int) -> dict[str, Any]:
@@ -106,7 +97,7 @@ def run_mavlink_bench(frames: int = 300_000, *, drones: int = 50, dsn: str | Non
     datagrams = build_mix(drones, seconds)
     ceiling = pymavlink_ceiling(datagrams[:100_000], repeat=2)
     fast = fast_path_rate(datagrams[:100_000], repeat=2)
-    with _database(dsn) as db:
+    with database(dsn) as db:
         storage.upgrade(db)
         result = asyncio.run(_e2e(db, datagrams, window))
     sent = len(datagrams)

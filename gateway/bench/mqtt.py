@@ -32,8 +32,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from gateway.bench import database
 from gateway.config import load_settings
-from gateway.embedded import EmbeddedMosquitto, EmbeddedPostgres
+from gateway.embedded import EmbeddedMosquitto
 from gateway.service import Gateway
 
 __all__ = ["make_stream", "run_mqtt_bench"]
@@ -141,12 +142,8 @@ def _ceiling(broker: EmbeddedMosquitto, stream: list[tuple[str, bytes]], prefix:
 
 @contextlib.contextmanager
 def _services(dsn: str | None) -> Iterator[tuple[str, EmbeddedMosquitto]]:
-    with EmbeddedMosquitto() as broker:
-        if dsn:
-            yield dsn, broker
-            return
-        with EmbeddedPostgres() as pg:
-            yield pg.dsn, broker
+    with EmbeddedMosquitto() as broker, database(dsn) as db:
+        yield db, broker
 
 
 async def _e2e(dsn: str, broker: EmbeddedMosquitto, stream: list[tuple[str, bytes]], prefix: str,
