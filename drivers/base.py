@@ -8,12 +8,14 @@ accumulator) and never sees the next stage: no SQL, no HTTP. It may be asked for
 from __future__ import annotations
 
 import abc
+import asyncio
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from telemetry.model import Event, Rejection, Sample, VehicleInfo
 
-__all__ = ["Ack", "Driver", "Emit"]
+__all__ = ["Ack", "Driver", "Emit", "cancel_tasks"]
 
 #: Called once the rows it came with are durable (committed, or fsynced to the spool).
 Ack = Callable[[], None]
@@ -49,3 +51,13 @@ class Driver(abc.ABC):
     def stats(self) -> dict[str, Any]:
         """Counters for the status API and logs."""
         return {}
+
+
+async def cancel_tasks(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel a driver's background tasks and wait until each has ended; empties the list."""
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    tasks.clear()

@@ -23,7 +23,7 @@ from typing import Any
 
 from pymavlink.dialects.v20 import ardupilotmega as mavlink
 
-from drivers.base import Driver, Emit
+from drivers.base import Driver, Emit, cancel_tasks
 from drivers.commands import (
     Arm,
     Command,
@@ -205,12 +205,7 @@ class MavlinkDriver(Driver):
             await endpoint.stop()
         self._endpoints.clear()
         self._forwards.clear()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
+        await cancel_tasks(self._tasks)
         await self._flush()
 
     def local_address(self, index: int = 0) -> Any:

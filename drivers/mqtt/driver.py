@@ -22,7 +22,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from drivers.base import Driver, Emit
+from drivers.base import Driver, Emit, cancel_tasks
 from drivers.commands import (
     Command,
     CommandRejected,
@@ -124,12 +124,7 @@ class MqttDriver(Driver):
         """Stop reading, hand the last messages to the pipeline, ack what became durable, disconnect."""
         if self._client is not None:
             self._client.pause(True)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
+        await cancel_tasks(self._tasks)
         await self._flush()
         if self._client is not None:
             await self._client.stop()

@@ -79,7 +79,25 @@ class _Datagrams(asyncio.DatagramProtocol):
         pass
 
 
-class UdpOutTransport(Transport):
+class _DatagramTransport(Transport):
+    """What both UDP transports share: one asyncio datagram transport, closed and named the same way."""
+
+    _transport: asyncio.DatagramTransport | None = None
+
+    async def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    @property
+    def local_address(self) -> tuple[str, int] | None:
+        if self._transport is None:
+            return None
+        host, port = self._transport.get_extra_info("sockname")[:2]
+        return host, port
+
+
+class UdpOutTransport(_DatagramTransport):
     def __init__(self, host: str, port: int) -> None:
         self._remote = (host, port)
         self._transport: asyncio.DatagramTransport | None = None
@@ -94,24 +112,12 @@ class UdpOutTransport(Transport):
         if self._transport is not None and not self._transport.is_closing():
             self._transport.sendto(data)
 
-    async def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
-            self._transport = None
-
     @property
     def connected(self) -> bool:
         return self._transport is not None
 
-    @property
-    def local_address(self) -> tuple[str, int] | None:
-        if self._transport is None:
-            return None
-        host, port = self._transport.get_extra_info("sockname")[:2]
-        return host, port
 
-
-class UdpInTransport(Transport):
+class UdpInTransport(_DatagramTransport):
     def __init__(self, host: str, port: int) -> None:
         self._local = (host, port)
         self._transport: asyncio.DatagramTransport | None = None
@@ -131,21 +137,9 @@ class UdpInTransport(Transport):
         if self._transport is not None and self._peer is not None and not self._transport.is_closing():
             self._transport.sendto(data, self._peer)
 
-    async def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
-            self._transport = None
-
     @property
     def connected(self) -> bool:
         return self._peer is not None
-
-    @property
-    def local_address(self) -> tuple[str, int] | None:
-        if self._transport is None:
-            return None
-        host, port = self._transport.get_extra_info("sockname")[:2]
-        return host, port
 
 
 class TcpClientTransport(Transport):
