@@ -3,9 +3,10 @@
 Per frame (the hot path): split and CRC-check (``framing``), drop what signing policy refuses, drop the copy
 of a frame already seen on another link (a drone on two radios is one vehicle, counted once), count sequence
 gaps, decode (``fastdecode``), update the drone's state (``normalize``) and, on a position update, queue one
-``Sample``. Queued samples, events and rejections are handed to ``emit`` by one flusher task, so socket
-callbacks never wait; when ``emit`` pushes back (the writer is full) and the queue passes its bound, the
-driver stops reading its links until it drains.
+``Sample``. A UDP link hands over each drained burst of datagrams at once, and the clock is read once per burst
+(``_BURST_STEPS`` keeps receive times distinct). Queued samples, events and rejections are handed to ``emit``
+by one flusher task, so socket callbacks never wait; when ``emit`` pushes back (the writer is full) and the
+queue passes its bound, the driver stops reading its links until it drains.
 
 Drones are identified by system id. Unknown ids are registered as ``drone-<sysid>`` on their first autopilot
 HEARTBEAT (unless ``auto_register`` is off); ground stations and radios are never vehicles.
@@ -519,8 +520,11 @@ class MavlinkDriver(Driver):
     async def _flush_loop(self) -> None:
         interval = self.options.flush_interval_s
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel that arrives as the wake-up
+            # completes, and then stop() waited for this loop forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), interval)
+                async with asyncio.timeout(interval):
+                    await self._wake.wait()
             self._wake.clear()
             if len(self._samples) > self.options.max_pending_samples and not self._paused:
                 self._set_paused(True)

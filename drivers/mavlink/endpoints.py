@@ -402,8 +402,10 @@ class _RecvMmsg:
         self._names = bytearray(slots * self._name_bytes)
         self._iovecs = (_IoVec * slots)()
         self._msgs = (_MMsgHdr * slots)()
-        data = ctypes.addressof((ctypes.c_char * len(self._data)).from_buffer(self._data))
-        names = ctypes.addressof((ctypes.c_char * len(self._names)).from_buffer(self._names))
+        # Held, not just their addresses: while exported, the buffers cannot be closed or resized under the kernel.
+        self._exports = ((ctypes.c_char * len(self._data)).from_buffer(self._data),
+                         (ctypes.c_char * len(self._names)).from_buffer(self._names))
+        data, names = (ctypes.addressof(export) for export in self._exports)
         for i in range(slots):
             self._iovecs[i].iov_base = data + i * self.SLOT_BYTES
             self._iovecs[i].iov_len = self.SLOT_BYTES
@@ -412,10 +414,10 @@ class _RecvMmsg:
             hdr.msg_namelen = self._name_bytes
             hdr.msg_iov = ctypes.pointer(self._iovecs[i])
             hdr.msg_iovlen = 1
-        # The datagram lengths the kernel writes into the headers, read as 32-bit words.
-        self._words = memoryview(self._msgs).cast("B").cast("I")  # type: ignore[arg-type]
-        self._stride = ctypes.sizeof(_MMsgHdr) // 4
-        self._len_at = _MMsgHdr.msg_len.offset // 4
+        # The datagram lengths the kernel writes into the headers, as a strided view of 32-bit words.
+        words = memoryview(self._msgs).cast("B").cast("I")  # type: ignore[arg-type]
+        self._lengths = words[_MMsgHdr.msg_len.offset // 4 :: ctypes.sizeof(_MMsgHdr) // 4]
+        self._starts = range(0, slots * self.SLOT_BYTES, self.SLOT_BYTES)
 
     @classmethod
     def create(cls, sock: socket.socket) -> _RecvMmsg | None:
@@ -434,24 +436,21 @@ class _RecvMmsg:
         if nothing more could be read, and returns early once a call finds fewer datagrams than it asked for."""
         data = memoryview(self._data)
         names = memoryview(self._names)
-        names4 = names.cast("I")  # sockaddr_in as words: family and port, then the IPv4 address
-        words, stride, len_at, slot_bytes = self._words, self._stride, self._len_at, self.SLOT_BYTES
-        v6, name_bytes = self._v6, self._name_bytes
-        add_datagram, add_source = datagrams.append, sources.append
+        first_words = names.cast("Q")  # sockaddr_in: family, port and IPv4 address are its first 8 bytes
+        lengths, starts, name_bytes = self._lengths, self._starts, self._name_bytes
+        starts_of_names = range(0, self.SLOTS * name_bytes, name_bytes)
         while limit > 0:
             want = min(limit, self.SLOTS)
             got = self._recvmmsg(self._fd, self._msgs, want, self._MSG_DONTWAIT, None)
             if got < 0:
                 err = ctypes.get_errno()
                 raise OSError(err, os.strerror(err))  # BlockingIOError for EAGAIN
-            for i in range(got):
-                at = i * slot_bytes
-                add_datagram(data[at : at + words[i * stride + len_at]].tobytes())
-                if v6:
-                    at = i * name_bytes
-                    add_source(names[at : at + name_bytes].tobytes())
-                else:
-                    add_source(names4[4 * i] | names4[4 * i + 1] << 32)
+            datagrams.extend([data[at : at + n].tobytes() for at, n in zip(starts[:got], lengths[:got].tolist(),
+                                                                             strict=True)])
+            if self._v6:
+                sources.extend([names[at : at + name_bytes].tobytes() for at in starts_of_names[:got]])
+            else:
+                sources.extend(first_words[: 2 * got : 2].tolist())
             if got < want:
                 return
             limit -= got
@@ -463,7 +462,7 @@ class _RecvMmsg:
             return (host, int.from_bytes(source[2:4], "big"), int.from_bytes(source[4:8], "big"),
                     int.from_bytes(source[24:28], sys.byteorder))
         assert isinstance(source, int)
-        raw = source.to_bytes(8, sys.byteorder)  # sockaddr_in without its zero padding
+        raw = source.to_bytes(8, sys.byteorder)  # sockaddr_in up to its zero padding
         return (socket.inet_ntop(socket.AF_INET, raw[4:8]), int.from_bytes(raw[2:4], "big"))
 
 

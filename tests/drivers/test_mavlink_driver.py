@@ -258,3 +258,16 @@ async def test_hostile_input_never_crashes_and_is_counted(driver_and_sink: Any) 
     assert {r.reason for r in sink.rejections} <= {"bad_crc", "unknown_message_id", "junk_bytes"}
     assert sink.rejections and all(r.raw for r in sink.rejections)
     drone.close()
+
+
+async def test_stop_returns_when_a_flush_was_just_due() -> None:
+    """A cancel that arrives as the flusher wakes up must still stop it (Python 3.11's wait_for lost it)."""
+    driver = MavlinkDriver(MavlinkOptions(endpoints=["udpin:127.0.0.1:0"]))
+    await driver.start(Collector())
+    await asyncio.sleep(0.05)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    driver._wake.set()  # the flusher's wake-up is due...
+    async with asyncio.timeout(2):
+        await driver.stop()  # ...and the cancel comes before it runs
+    assert loop.time() - started < 1.0

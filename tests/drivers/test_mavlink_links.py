@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import tty
@@ -185,3 +186,32 @@ async def test_tcp_client_connects_out_and_reconnects() -> None:
             w.close()
         await server.wait_closed()
         drone.close()
+
+
+def test_batch_reader_gives_what_recvfrom_gives() -> None:
+    """recvmmsg through ctypes (Linux) and the portable recvfrom reader: same datagrams, same source addresses."""
+    from drivers.mavlink.endpoints import _RecvFrom, _RecvMmsg
+
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        got: list[tuple[list[bytes], list[Any]]] = []
+        for make in (_RecvMmsg.create, _RecvFrom):
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.bind((host, 0))
+            sock.setblocking(False)
+            reader = make(sock)
+            assert reader is not None
+            senders = [socket.socket(family, socket.SOCK_DGRAM) for _ in range(3)]
+            for sender in senders:
+                sender.bind((host, 0))
+            for i in range(150):  # more than one recvmmsg call, empty datagrams included
+                senders[i % 3].sendto(bytes([i]) * i, sock.getsockname())
+            datagrams: list[bytes] = []
+            sources: list[Any] = []
+            with contextlib.suppress(BlockingIOError):
+                reader.read(datagrams, sources, 4096)
+            assert datagrams == [bytes([i]) * i for i in range(150)]
+            assert [reader.address(s) for s in sources] == [senders[i % 3].getsockname() for i in range(150)]
+            got.append((datagrams, [reader.address(s) for s in sources]))
+            for s in (sock, *senders):
+                s.close()
+        assert got[0][0] == got[1][0]
