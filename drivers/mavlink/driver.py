@@ -169,6 +169,8 @@ class MavlinkDriver(Driver):
         self._rejections: list[Rejection] = []
         self._vehicles: list[VehicleInfo] = []
         self._wake = asyncio.Event()
+        self._stopping = False
+        self._flush_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._counters: dict[str, _LinkCounters] = {}
         self._splitters: dict[Any, tuple[FrameSplitter, str]] = {}
@@ -187,7 +189,8 @@ class MavlinkDriver(Driver):
 
     async def start(self, emit: Emit) -> None:
         self._emit = emit
-        self._tasks.append(asyncio.create_task(self._flush_loop(), name="mavlink-flush"))
+        self._stopping = False
+        self._flush_task = asyncio.create_task(self._flush_loop(), name="mavlink-flush")
         self._tasks.append(asyncio.create_task(self._health_loop(), name="mavlink-health"))
         try:
             for url in self.options.endpoints:
@@ -207,7 +210,17 @@ class MavlinkDriver(Driver):
         self._endpoints.clear()
         self._forwards.clear()
         await cancel_tasks(self._tasks)
+        await self._end_flush_loop()
         await self._flush()
+
+    async def _end_flush_loop(self) -> None:
+        """Let the flush loop finish its current emit instead of cancelling it: a cancel while the writer
+        pushes back would drop the rows it had taken (and the validator would already have seen them)."""
+        self._stopping = True
+        self._wake.set()
+        if self._flush_task is not None:
+            await self._flush_task
+            self._flush_task = None
 
     def local_address(self, index: int = 0) -> Any:
         """The bound address of endpoint ``index`` (useful with port 0)."""
@@ -519,7 +532,7 @@ class MavlinkDriver(Driver):
 
     async def _flush_loop(self) -> None:
         interval = self.options.flush_interval_s
-        while True:
+        while not self._stopping:
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel that arrives as the wake-up
             # completes, and then stop() waited for this loop forever.
             with contextlib.suppress(TimeoutError):

@@ -96,6 +96,8 @@ class MqttDriver(Driver):
         self._to_ack: list[tuple[int, int]] = []
         self._acks: dict[str, asyncio.Future[Any]] = {}
         self._wake = asyncio.Event()
+        self._stopping = False
+        self._flush_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.counters: dict[str, int] = {"messages": 0, "samples": 0, "events": 0, "rejected": 0, "commands": 0}
         self.rejected_by_reason: dict[str, int] = {}
@@ -116,7 +118,8 @@ class MqttDriver(Driver):
         # Acks go to every instance, not one of the group: only the instance that sent a command waits for it.
         topics.append(f"{o.prefix}/+/cmd/ack")
         await self._client.subscribe(topics, qos=1)
-        self._tasks.append(asyncio.create_task(self._flush_loop(), name="mqtt-flush"))
+        self._stopping = False
+        self._flush_task = asyncio.create_task(self._flush_loop(), name="mqtt-flush")
         self._tasks.append(asyncio.create_task(self._silence_loop(), name="mqtt-silence"))
         log.info("MQTT driver subscribed to %s on %s", ", ".join(topics), o.broker)
 
@@ -125,6 +128,12 @@ class MqttDriver(Driver):
         if self._client is not None:
             self._client.pause(True)
         await cancel_tasks(self._tasks)
+        # Not cancelled: a cancel during an emit that the writer holds back would drop what it had taken.
+        self._stopping = True
+        self._wake.set()
+        if self._flush_task is not None:
+            await self._flush_task
+            self._flush_task = None
         await self._flush()
         if self._client is not None:
             await self._client.stop()
@@ -234,9 +243,10 @@ class MqttDriver(Driver):
         await self._emit(samples, events=events, rejections=rejections, vehicles=vehicles, ack=ack)
 
     async def _flush_loop(self) -> None:
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.options.flush_interval_s)
+                async with asyncio.timeout(self.options.flush_interval_s):
+                    await self._wake.wait()
             self._wake.clear()
             await self._flush()
 
