@@ -231,7 +231,10 @@ class EmbeddedMosquitto:
             f"persistence_location {self._tmp}/",
             "autosave_interval 1",
             "max_queued_messages 0",
-            "max_inflight_messages 0",
+            # Not 0 ("unlimited"): mosquitto 2.0 then stops honouring an MQTT 5 client's Receive Maximum after
+            # the first PUBACKs (seen here: 20,000 unacknowledged messages sent to a client that asked for 5,000).
+            # MQTT 5 clients get their own Receive Maximum; this is the window of MQTT 3.1.1 clients.
+            "max_inflight_messages 1000",
             "max_keepalive 600",
             "log_dest stderr",
             "log_type error",

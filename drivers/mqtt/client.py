@@ -1,10 +1,11 @@
 """paho-mqtt 2.x on the asyncio loop, with manual acknowledgements: the gateway side of MQTT.
 
-No paho network thread (as aiomqtt does it): the socket is registered with the loop (readable -> ``loop_read``,
-writable while paho has bytes queued -> ``loop_write``) and a task calls ``loop_misc`` for keep-alive. aiomqtt
-itself is not used because it acknowledges QoS 1 messages on receipt; the gateway must acknowledge a message
-only once its data is durable (committed, or fsynced to the spool), so that a crash before that makes the
-broker redeliver it. Hence ``manual_ack=True`` and ``ack(mid)`` called by the driver later.
+No paho network thread (as aiomqtt does it): the socket is registered with the loop (readable -> ``loop_read``
+until the read-ahead buffer of ``transport`` is empty, writable while paho has bytes queued -> ``loop_write``)
+and a task calls ``loop_misc`` for keep-alive. aiomqtt itself is not used because it acknowledges QoS 1
+messages on receipt; the gateway must acknowledge a message only once its data is durable (committed, or
+fsynced to the spool), so that a crash before that makes the broker redeliver it. Hence ``manual_ack=True``
+and ``ack_many(mids)`` called by the driver after the commit.
 
 Flow control: with MQTT 5 the CONNECT carries Receive Maximum = ``max_inflight``, so the broker never has more
 unacknowledged messages out to us (paho's 16-bit packet ids would wrap past 65,535 and stall). With MQTT 3.1.1
@@ -33,6 +34,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+from drivers.mqtt.transport import GatewayPahoClient
 
 __all__ = ["BrokerUrl", "MqttClient", "MqttConnectError"]
 
@@ -65,9 +68,10 @@ class BrokerUrl:
 
 
 class MqttClient:
-    """One gateway connection. ``on_message(msg)`` is called on the loop for every message."""
+    """One gateway connection. ``on_message(msg)`` is called on the loop for every message (``InboundMessage``,
+    or paho's ``MQTTMessage`` for the rare packets paho decodes itself: the same attributes)."""
 
-    def __init__(self, url: str, client_id: str, on_message: Callable[[mqtt.MQTTMessage], None], *,
+    def __init__(self, url: str, client_id: str, on_message: Callable[[Any], None], *,
                  username: str | None = None, password: str | None = None, protocol: str = "auto",
                  tls_ca_file: str | None = None, tls_insecure: bool = False, keepalive_s: int = 30,
                  session_expiry_s: int = 86_400, max_inflight: int = 1000,
@@ -86,10 +90,11 @@ class MqttClient:
         self.on_connect_cb = on_connect
         self.version = 5 if protocol in ("auto", "5") else 4
         self.connected = asyncio.Event()
-        self.stats = {"connects": 0, "disconnects": 0, "received": 0, "acked": 0, "published": 0}
+        self.stats = {"connects": 0, "disconnects": 0, "received": 0, "acked": 0, "published": 0,
+                      "flow_pauses": 0}
         self.unacked = 0
         self._subscriptions: list[tuple[str, int]] = []
-        self._client: mqtt.Client | None = None
+        self._client: GatewayPahoClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connack: asyncio.Future[tuple[bool, int]] | None = None
         self._pubacks: dict[int, asyncio.Future[None]] = {}
@@ -103,11 +108,11 @@ class MqttClient:
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
-    def _new_client(self) -> mqtt.Client:
+    def _new_client(self) -> GatewayPahoClient:
         protocol = mqtt.MQTTv5 if self.version == 5 else mqtt.MQTTv311
         kwargs: dict[str, Any] = {"clean_session": False} if protocol == mqtt.MQTTv311 else {}
-        c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                        protocol=protocol, manual_ack=True, **kwargs)
+        c = GatewayPahoClient(callback_api_version=CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                              protocol=protocol, manual_ack=True, on_inbound=self._on_message, **kwargs)
         if self.username is not None:
             c.username_pw_set(self.username, self.password)
         if self.url.tls:
@@ -120,7 +125,6 @@ class MqttClient:
         c.max_queued_messages_set(0)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
-        c.on_message = self._on_message
         c.on_publish = self._on_publish
         c.on_subscribe = self._on_subscribe
         c.on_socket_open = self._on_socket_open
@@ -250,12 +254,30 @@ class MqttClient:
         if self._fd is None or self._loop is None or self._client is None:
             return
         if reading and not self._reading and not self._paused:
-            # Up to 100 packets per wake-up: paho's default of one per call costs an event-loop turn each.
-            self._loop.add_reader(self._fd, self._client.loop_read, 100)
+            self._loop.add_reader(self._fd, self._read_ready)
             self._reading = True
+            if self._client.buffered():  # bytes read ahead before a pause: the socket may stay quiet
+                self._loop.call_soon(self._read_ready)
         elif not reading and self._reading:
             self._loop.remove_reader(self._fd)
             self._reading = False
+
+    def _read_ready(self) -> None:
+        """Read packets until paho's socket buffer (and TLS's) is empty: a readable socket wakes us only once.
+
+        paho's ``loop_read`` handles one packet per call; the buffer may hold hundreds. At most 1,000 per turn,
+        so a flood never starves the rest of the loop (the next turn goes on, the fd being ready or not).
+        """
+        client = self._client
+        if client is None:
+            return
+        for _ in range(1000):
+            if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS or self._client is not client:
+                return
+            if self._paused or not client.buffered():
+                return
+        if self._loop is not None:
+            self._loop.call_soon(self._read_ready)
 
     def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         if self._loop is not None and self._fd is not None:
@@ -307,11 +329,16 @@ class MqttClient:
         if not self._closing and was_connected and self._loop is not None:
             self._tasks.append(self._loop.create_task(self._reconnect(), name=f"mqtt-reconnect-{self.client_id}"))
 
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, msg: Any) -> None:
         self.stats["received"] += 1
         if msg.qos > 0:
             self.unacked += 1
-            if self.version == 4 and self.unacked >= self.max_inflight:
+            limit = self.max_inflight if self.version == 4 else self.max_inflight + 1
+            if self.unacked >= limit:
+                # MQTT 3.1.1 has no Receive Maximum, and a broker may not honour it (mosquitto 2.0 with
+                # max_inflight_messages 0): stop reading, TCP pushes back, the broker keeps the rest queued.
+                if not self._paused:
+                    self.stats["flow_pauses"] += 1
                 self.pause(True)
         self.on_message(msg)
 
@@ -342,8 +369,17 @@ class MqttClient:
         if qos == 0 or self._client is None:
             return
         self._client.ack(mid, qos)
-        self.stats["acked"] += 1
-        self.unacked = max(0, self.unacked - 1)
+        self._acked(1)
+
+    def ack_many(self, mids: list[int]) -> None:
+        """Acknowledge many QoS 1 messages at once (one write): the driver's path after a commit."""
+        if self._client is None or not mids:
+            return
+        self._acked(self._client.ack_many(mids))
+
+    def _acked(self, count: int) -> None:
+        self.stats["acked"] += count
+        self.unacked = max(0, self.unacked - count)
         if self._paused and self.unacked < self.max_inflight // 2:
             self.pause(False)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 import orjson
 
 from telemetry.model import Event, Sample, VehicleKind
@@ -167,9 +168,86 @@ def _sample(doc: Any, vehicle: str, received: datetime, source: str, raw: bytes)
     )
 
 
+class _WireSample(msgspec.Struct, forbid_unknown_fields=True):
+    """A contract telemetry object exactly as the contract names it: the fast path's schema.
+
+    msgspec checks the JSON types while parsing (in C, no dict per sample): numbers accept JSON integers and
+    floats, integers reject floats and booleans, as ``_field`` does. Anything it refuses, including keys the
+    contract does not name (kept in ``extra`` by the careful path), goes the careful path, which gives the
+    exact reason and keeps the good elements of a batch.
+    """
+
+    v: int
+    ts: int
+    lat: float
+    lon: float
+    kind: str = "patrol_car"
+    alt_m: float | None = None
+    alt_rel_m: float | None = None
+    heading_deg: float | None = None
+    speed_mps: float | None = None
+    climb_mps: float | None = None
+    roll_deg: float | None = None
+    pitch_deg: float | None = None
+    yaw_deg: float | None = None
+    battery_pct: float | None = None
+    battery_v: float | None = None
+    mode: str | None = None
+    armed: bool | None = None
+    gps_fix: int | None = None
+    satellites: int | None = None
+    link_quality_pct: float | None = None
+    # Kept in ``extra`` as sent (an integer stays an integer), as the careful path keeps them.
+    fuel_pct: int | float | None = None
+    odometer_m: int | float | None = None
+    rssi_dbm: int | float | None = None
+    seq: int | None = None
+
+
+_WIRE_DECODER = msgspec.json.Decoder(list[_WireSample] | _WireSample)
+_MS = timedelta(milliseconds=1)
+
+
+def _fast_samples(payload: bytes, vehicle: str, received: datetime, source: str) -> list[Sample] | None:
+    """The whole payload as samples when every element is plainly valid, else None (take the careful path)."""
+    try:
+        doc = _WIRE_DECODER.decode(payload)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    wires = doc if type(doc) is list else [doc]
+    if not wires or len(wires) > MAX_BATCH:
+        return None
+    out: list[Sample] = []
+    kinds, epoch, ms = _KINDS, _EPOCH, _MS
+    try:
+        for w in wires:
+            kind = kinds.get(w.kind)
+            if kind is None or w.v != CONTRACT_VERSION:
+                return None
+            extra: dict[str, Any] | None = None
+            if w.seq is not None or w.odometer_m is not None or w.fuel_pct is not None or w.rssi_dbm is not None:
+                extra = {k: v for k, v in (("seq", w.seq), ("odometer_m", w.odometer_m), ("fuel_pct", w.fuel_pct),
+                                           ("rssi_dbm", w.rssi_dbm)) if v is not None}
+            out.append(Sample(
+                received, vehicle, kind, w.lat, w.lon, epoch + w.ts * ms, w.alt_m, w.alt_rel_m, w.heading_deg,
+                w.speed_mps, w.climb_mps, w.roll_deg, w.pitch_deg, w.yaw_deg, w.battery_pct, w.battery_v, w.mode,
+                w.armed, w.gps_fix, w.satellites, w.link_quality_pct, extra, source, payload,
+            ))
+    except OverflowError:  # a ts beyond datetime's range: the careful path words the error
+        return None
+    return out
+
+
 def decode_telemetry(payload: bytes, vehicle: str, received: datetime,
                      source: str) -> tuple[list[Sample], list[ContractError]]:
-    """One object or a batch array -> samples, plus one error per bad element (the good ones are kept)."""
+    """One object or a batch array -> samples, plus one error per bad element (the good ones are kept).
+
+    Valid payloads (nearly all) take ``_fast_samples``; the rest are parsed again here, element by element,
+    for the exact reason of each bad one. Both paths give equal samples (tested on generated payloads).
+    """
+    fast = _fast_samples(payload, vehicle, received, source)
+    if fast is not None:
+        return fast, []
     doc = _load(payload)
     if isinstance(doc, list):
         if not doc:

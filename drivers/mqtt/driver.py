@@ -20,8 +20,6 @@ import uuid
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-import paho.mqtt.client as mqtt
-
 from drivers.base import Driver, Emit, cancel_tasks
 from drivers.commands import (
     Command,
@@ -44,6 +42,7 @@ from drivers.mqtt.contract import (
     encode_command,
     parse_topic,
 )
+from drivers.mqtt.transport import InboundMessage
 from telemetry.model import Event, EventType, Rejection, Sample, VehicleInfo, VehicleKind, utcnow
 
 __all__ = ["MqttDriver", "MqttOptions"]
@@ -93,7 +92,7 @@ class MqttDriver(Driver):
         self._events: list[Event] = []
         self._rejections: list[Rejection] = []
         self._new_vehicles: list[VehicleInfo] = []
-        self._to_ack: list[tuple[int, int]] = []
+        self._to_ack: list[int] = []  # QoS 1 message ids, PUBACKed once their rows are durable
         self._acks: dict[str, asyncio.Future[Any]] = {}
         self._wake = asyncio.Event()
         self._stopping = False
@@ -112,14 +111,19 @@ class MqttDriver(Driver):
             protocol=o.protocol, tls_ca_file=o.tls_ca_file, tls_insecure=o.tls_insecure,
             keepalive_s=o.keepalive_s, session_expiry_s=o.session_expiry_s, max_inflight=o.max_inflight,
         )
-        await self._client.start()
+        # Flushing runs before the connect: a resumed session delivers its backlog at once, before the SUBACK.
+        self._stopping = False
+        self._flush_task = asyncio.create_task(self._flush_loop(), name="mqtt-flush")
         shared = f"$share/{o.shared_group}/" if o.shared_group else ""
         topics = [f"{shared}{o.prefix}/+/{channel}" for channel in ("telemetry", "status", "event")]
         # Acks go to every instance, not one of the group: only the instance that sent a command waits for it.
         topics.append(f"{o.prefix}/+/cmd/ack")
-        await self._client.subscribe(topics, qos=1)
-        self._stopping = False
-        self._flush_task = asyncio.create_task(self._flush_loop(), name="mqtt-flush")
+        try:
+            await self._client.start()
+            await self._client.subscribe(topics, qos=1)
+        except BaseException:
+            await self.stop()
+            raise
         self._tasks.append(asyncio.create_task(self._silence_loop(), name="mqtt-silence"))
         log.info("MQTT driver subscribed to %s on %s", ", ".join(topics), o.broker)
 
@@ -140,11 +144,12 @@ class MqttDriver(Driver):
 
     # -- inbound -----------------------------------------------------------------------------------------
 
-    def _on_message(self, msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, msg: InboundMessage) -> None:
         self.counters["messages"] += 1
         topic_name = msg.topic
         payload = msg.payload
-        self._to_ack.append((msg.mid, msg.qos))
+        if msg.qos == 1:
+            self._to_ack.append(msg.mid)
         try:
             topic = parse_topic(topic_name, self.options.prefix)
             if topic.channel == "telemetry":
@@ -237,8 +242,7 @@ class MqttDriver(Driver):
 
         def ack() -> None:
             if client is not None:
-                for mid, qos in to_ack:
-                    client.ack(mid, qos)
+                client.ack_many(to_ack)
 
         await self._emit(samples, events=events, rejections=rejections, vehicles=vehicles, ack=ack)
 

@@ -291,8 +291,10 @@ class MqttConnection:
         self._connected = True
         self.connects += 1
         receive_max = getattr(props, "ReceiveMaximum", None)
-        if receive_max:
-            client.max_inflight_messages_set(min(self._max_inflight, int(receive_max)))
+        if receive_max and int(receive_max) < client.max_inflight_messages:
+            # The broker's Receive Maximum caps our window. paho's setter refuses once connected, and this
+            # callback runs inside the CONNACK: the attribute is what paho reads before each publish.
+            client._max_inflight_messages = int(receive_max)
         if fut is not None and not fut.done():
             fut.set_result(bool(flags.session_present))
         # tell the owner after paho has finished handling CONNACK (it re-sends in-flight messages then)

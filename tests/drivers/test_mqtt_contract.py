@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import random
 from datetime import UTC, datetime
 from pathlib import Path
 
 import jsonschema
 import pytest
 
+from drivers.mqtt import contract
 from drivers.mqtt.contract import (
     ContractError,
     decode_ack,
@@ -121,3 +123,67 @@ def test_status_event_and_ack() -> None:
                                                                           "event_id": "e-5f1c"})
     ack = decode_ack(_data("ack_accepted.json"))
     assert (ack.command_id, ack.result, ack.reason) == ("c-000123", "accepted", None)
+
+
+def _random_element(rng: random.Random) -> dict[str, object]:
+    """A contract object with a random subset of fields, each a valid value or (sometimes) a wrong type."""
+    element: dict[str, object] = {"v": 1, "ts": rng.randrange(1_600_000_000_000, 1_900_000_000_000),
+                                  "lat": rng.uniform(-90, 90), "lon": rng.choice([rng.uniform(-180, 180), 121])}
+    valid: dict[str, list[object]] = {
+        "kind": ["patrol_car", "drone"], "alt_m": [4.2, 12], "alt_rel_m": [30.5], "heading_deg": [92.0, 0],
+        "speed_mps": [8.3, 0], "climb_mps": [-1.5], "roll_deg": [2.0], "pitch_deg": [-3.0], "yaw_deg": [91.0],
+        "battery_pct": [76.5, 100], "battery_v": [48.1], "mode": ["patrol", "AUTO"], "armed": [True, False],
+        "gps_fix": [3, 0], "satellites": [14], "link_quality_pct": [88.0], "fuel_pct": [55, 55.5],
+        "odometer_m": [12345.6, 1000], "rssi_dbm": [-71, -70.5], "seq": [1234], "unnamed_extra": ["x", 3],
+    }
+    wrong: list[object] = ["text", True, 1.5, [1], {"a": 1}]
+    for name, values in valid.items():
+        roll = rng.random()
+        if roll < 0.5:
+            element[name] = rng.choice(values)
+        elif roll < 0.53:
+            element[name] = rng.choice(wrong)
+        elif roll < 0.56:
+            element[name] = None
+    if rng.random() < 0.03:
+        element["v"] = 2
+    if rng.random() < 0.03:
+        del element["lat"]
+    return element
+
+
+def _careful(payload: bytes, vehicle: str) -> tuple[list[object], list[str]]:
+    """The careful path alone, as the decoder takes it when the fast one refuses."""
+    doc = json.loads(payload)
+    samples, reasons = [], []
+    for element in doc if isinstance(doc, list) else [doc]:
+        try:
+            samples.append(contract._sample(element, vehicle, NOW, "mqtt:t", payload))
+        except ContractError as exc:
+            reasons.append(exc.reason)
+    return samples, reasons
+
+
+def test_fast_path_and_careful_path_agree_on_generated_payloads() -> None:
+    rng = random.Random(20261128)
+    fast_taken = 0
+    for _ in range(3000):
+        batch = [_random_element(rng) for _ in range(rng.choice([1, 1, 3, 50]))]
+        payload = json.dumps(batch if len(batch) > 1 or rng.random() < 0.3 else batch[0]).encode()
+        expected, reasons = _careful(payload, "car-07")
+        fast = contract._fast_samples(payload, "car-07", NOW, "mqtt:t")
+        if fast is not None:
+            fast_taken += 1
+            assert reasons == [], payload  # the fast path never accepts what the careful path refuses
+            assert fast == expected
+            for f, e in zip(fast, expected, strict=True):  # ints stay ints in extra, numbers are floats
+                assert [type(v) for v in (f.extra or {}).values()] == [type((e.extra or {})[k]) for k in f.extra or {}]
+                assert type(f.lat_deg) is float and type(f.alt_msl_m) is type(e.alt_msl_m)
+        if payload.startswith(b"{") and reasons:  # a single bad object is refused whole
+            with pytest.raises(ContractError) as refused:
+                decode_telemetry(payload, "car-07", NOW, "mqtt:t")
+            assert refused.value.reason == reasons[0]
+            continue
+        samples, errors = decode_telemetry(payload, "car-07", NOW, "mqtt:t")
+        assert samples == expected and [e.reason for e in errors] == reasons
+    assert 300 < fast_taken < 3000  # both paths were exercised
