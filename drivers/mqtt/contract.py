@@ -224,14 +224,19 @@ def _fast_samples(payload: bytes, vehicle: str, received: datetime, source: str)
             kind = kinds.get(w.kind)
             if kind is None or w.v != CONTRACT_VERSION:
                 return None
-            extra: dict[str, Any] | None = None
-            if w.seq is not None or w.odometer_m is not None or w.fuel_pct is not None or w.rssi_dbm is not None:
-                extra = {k: v for k, v in (("seq", w.seq), ("odometer_m", w.odometer_m), ("fuel_pct", w.fuel_pct),
-                                           ("rssi_dbm", w.rssi_dbm)) if v is not None}
+            extra: dict[str, Any] = {}  # spelled out: a comprehension here was a third of the decode time
+            if w.seq is not None:
+                extra["seq"] = w.seq
+            if w.odometer_m is not None:
+                extra["odometer_m"] = w.odometer_m
+            if w.fuel_pct is not None:
+                extra["fuel_pct"] = w.fuel_pct
+            if w.rssi_dbm is not None:
+                extra["rssi_dbm"] = w.rssi_dbm
             out.append(Sample(
                 received, vehicle, kind, w.lat, w.lon, epoch + w.ts * ms, w.alt_m, w.alt_rel_m, w.heading_deg,
                 w.speed_mps, w.climb_mps, w.roll_deg, w.pitch_deg, w.yaw_deg, w.battery_pct, w.battery_v, w.mode,
-                w.armed, w.gps_fix, w.satellites, w.link_quality_pct, extra, source, payload,
+                w.armed, w.gps_fix, w.satellites, w.link_quality_pct, extra or None, source, payload,
             ))
     except OverflowError:  # a ts beyond datetime's range: the careful path words the error
         return None
