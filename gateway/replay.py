@@ -14,6 +14,7 @@ from drivers.mavlink import DroneConfig, FrameSplitter, MavlinkDriver, MavlinkOp
 from gateway.config import GatewaySettings
 from gateway.embedded import EmbeddedPostgres
 from gateway.pipeline import Pipeline
+from gateway.runtime import tune_gc_for_ingest
 from gateway.service import storage_settings, validation_limits, writer_settings
 from telemetry import storage
 from telemetry.model import Rejection, utc_from_unix, utcnow
@@ -25,6 +26,7 @@ __all__ = ["replay_tlog"]
 
 async def replay_tlog(settings: GatewaySettings, path: Path, names: dict[int, str] | None = None) -> dict[str, Any]:
     """Ingest ``path``; returns counts (frames, samples stored, rejected by reason, elapsed seconds)."""
+    tune_gc_for_ingest()
     embedded: EmbeddedPostgres | None = None
     dsn = settings.database.dsn
     if dsn is None:

@@ -20,6 +20,7 @@ from gateway.embedded import EmbeddedMosquitto, EmbeddedPostgres, ServiceError
 from gateway.fleet import Fleet
 from gateway.live import LiveState
 from gateway.pipeline import Pipeline
+from gateway.runtime import tune_gc_for_ingest
 from telemetry import storage
 from telemetry.model import VehicleKind
 from telemetry.validation import ValidationLimits, Validator
@@ -104,6 +105,7 @@ class Gateway:
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
+        tune_gc_for_ingest()
         if self.dsn is None:
             log.warning("no database configured: starting a throwaway embedded PostgreSQL (data is not kept)")
             self._pg = await asyncio.to_thread(EmbeddedPostgres().start)

@@ -71,6 +71,9 @@ class MqttOptions:
     silence_timeout_s: float = 30.0
     command_timeout_s: float = 10.0
     flush_interval_s: float = 0.02
+    #: On stop, how long to wait for the commit of the last messages before disconnecting (they are
+    #: redelivered at the next start otherwise, and stored then as duplicates).
+    stop_ack_timeout_s: float = 5.0
 
 
 @dataclass(slots=True)
@@ -95,6 +98,8 @@ class MqttDriver(Driver):
         self._to_ack: list[int] = []  # QoS 1 message ids, PUBACKed once their rows are durable
         self._acks: dict[str, asyncio.Future[Any]] = {}
         self._wake = asyncio.Event()
+        self._acks_outstanding = 0  # emits whose ack (commit) has not come yet
+        self._acks_done = asyncio.Event()
         self._stopping = False
         self._flush_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -139,6 +144,13 @@ class MqttDriver(Driver):
             await self._flush_task
             self._flush_task = None
         await self._flush()
+        # The writer (stopped after the drivers) commits within its ack interval: wait for those PUBACKs, so
+        # the broker does not redeliver the last messages at the next start (they would be stored as duplicates).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.options.stop_ack_timeout_s):
+                while self._acks_outstanding:
+                    self._acks_done.clear()
+                    await self._acks_done.wait()
         if self._client is not None:
             await self._client.stop()
 
@@ -241,9 +253,12 @@ class MqttDriver(Driver):
         client = self._client
 
         def ack() -> None:
+            self._acks_outstanding -= 1
+            self._acks_done.set()
             if client is not None:
                 client.ack_many(to_ack)
 
+        self._acks_outstanding += 1
         await self._emit(samples, events=events, rejections=rejections, vehicles=vehicles, ack=ack)
 
     async def _flush_loop(self) -> None:

@@ -8,7 +8,10 @@ most ``window`` frames ahead of what the gateway has received, like a link with 
 the pipeline's capacity and ``lost`` counts real drops, not a sender flooding the kernel's socket buffer.
 
 The ceiling is pymavlink parsing the same datagrams in one loop (``parse_char`` or ``parse_buffer``, whichever
-is faster), measured in this process before the run.
+is faster, best of two), measured in this process before and after the runs; the higher counts. The end-to-end
+figure is likewise the best of ``runs`` runs (default 3), each from a fresh pipeline into the same database: the
+best of each side, so the ratio does not swing with what else the machine does during one 2-second run. Every
+run's rate, the median run's ratio and every run's committed count are reported too; ``lost`` is the worst run's.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from drivers.mavlink import MavlinkDriver, MavlinkOptions
 from gateway.bench import database
 from gateway.bench.mavlink_decode import RATES_HZ, build_mix, fast_path_rate, pymavlink_ceiling
 from gateway.pipeline import Pipeline
+from gateway.runtime import tune_gc_for_ingest
 from telemetry import storage
 from telemetry.writer import TelemetryWriter, WriterSettings
 
@@ -53,6 +57,7 @@ def _sender(datagrams: list[bytes], port: int, received: Any, start: Any, window
 
 
 async def _e2e(dsn: str, datagrams: list[bytes], window: int) -> dict[str, Any]:
+    tune_gc_for_ingest()  # as the gateway does at start
     writer = TelemetryWriter(dsn, WriterSettings(batch_rows=20_000, flush_interval_s=0.2))
     await writer.start()
     pipeline = Pipeline(writer)
@@ -90,29 +95,39 @@ async def _e2e(dsn: str, datagrams: list[bytes], window: int) -> dict[str, Any]:
 
 
 def run_mavlink_bench(frames: int = 300_000, *, drones: int = 50, dsn: str | None = None,
-                      window: int = 4_000) -> dict[str, Any]:
+                      window: int = 4_000, runs: int = 3) -> dict[str, Any]:
     """Run the benchmark; returns the figures (see the module docstring)."""
     per_drone_second = sum(RATES_HZ.values())
     seconds = max(1.0, frames / (drones * per_drone_second))
     datagrams = build_mix(drones, seconds)
-    ceiling = pymavlink_ceiling(datagrams[:100_000], repeat=2)
+    ceilings = [pymavlink_ceiling(datagrams[:100_000], repeat=2)]
     fast = fast_path_rate(datagrams[:100_000], repeat=2)
+    results = []
     with database(dsn) as db:
         storage.upgrade(db)
-        result = asyncio.run(_e2e(db, datagrams, window))
+        for _ in range(runs):
+            results.append(asyncio.run(_e2e(db, datagrams, window)))
+    ceilings.append(pymavlink_ceiling(datagrams[:100_000], repeat=2))  # before and after: a drifting load shows
     sent = len(datagrams)
     positions = sum(1 for d in datagrams if d[7] == 33 and d[8] == 0 and d[9] == 0)
-    e2e = result["received"] / result["elapsed_s"]
+    rates = [r["received"] / r["elapsed_s"] for r in results]
+    best = max(range(runs), key=lambda i: rates[i])
+    ceiling = max(ceilings)
+    median = sorted(rates)[runs // 2]
     return {
         "frames": sent,
         "drones": drones,
-        "e2e_frames_per_s": round(e2e),
+        "e2e_frames_per_s": round(rates[best]),
         "decode_ceiling_frames_per_s": round(ceiling),
-        "ratio": round(e2e / ceiling, 3),
-        "lost": sent - result["received"],
+        "ratio": round(rates[best] / ceiling, 3),
+        "lost": max(sent - r["received"] for r in results),
+        "runs": runs,
+        "e2e_runs_frames_per_s": [round(r) for r in rates],
+        "ratio_median_run": round(median / ceiling, 3),
+        "ceiling_before_after": [round(c) for c in ceilings],
         "positions_sent": positions,
-        "samples_committed": result["written"],
+        "samples_committed_per_run": [r["written"] for r in results],
         "fast_path_decode_frames_per_s": round(fast),
-        "elapsed_s": round(result["elapsed_s"], 3),
-        "rejected": result["rejected"],
+        "elapsed_s": round(results[best]["elapsed_s"], 3),
+        "rejected": results[best]["rejected"],
     }

@@ -1,0 +1,49 @@
+"""The benchmark commands run end to end on small sizes and report what the issues ask for.
+
+Speed is not asserted here (that is what the benchmarks print, compared within one run); these tests keep the
+commands working and check their bookkeeping: every key the issues name is present and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = [pytest.mark.postgres]
+
+
+def _bench(*args: str, dsn: str) -> dict[str, object]:
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "bench", *args, "--json"],
+        capture_output=True, text=True, timeout=240, check=True,
+        env={**os.environ, "PATROLGATE_DATABASE__DSN": dsn},
+    )
+    result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_bench_mavlink_reports_the_issue_figures(db: str) -> None:
+    r = _bench("mavlink", "--frames", "6000", "--drones", "5", "--runs", "2", dsn=db)
+    for key in ("e2e_frames_per_s", "decode_ceiling_frames_per_s", "ratio", "lost"):
+        assert key in r
+    assert r["lost"] == 0 and 5900 <= r["frames"] <= 6000  # type: ignore[operator]
+    # every position after each drone's first heartbeat is committed, in every run
+    expected = int(r["positions_sent"]) - 5  # type: ignore[call-overload]
+    assert r["samples_committed_per_run"] == [expected, expected]
+
+
+@pytest.mark.mqtt
+def test_bench_mqtt_reports_the_issue_figures(db: str) -> None:
+    r = _bench("mqtt", "--cars", "50", "--messages", "1500", "--batch", "3", dsn=db)
+    for key in ("e2e_msgs_per_s", "e2e_samples_per_s", "ceiling_msgs_per_s", "ratio", "lost"):
+        assert key in r
+    assert r["lost"] == 0 and r["samples_committed"] == 4500 and r["rejected"] == {}
+
+
+def test_bench_ingest_reports_the_ratio_to_psql_copy(db: str) -> None:
+    r = _bench("ingest", "--rows", "20000", "--batch-rows", "5000", dsn=db)
+    assert r["stored"] == 20000 and r["rows_per_s"] and r["ceiling_rows_per_s"] and r["ratio"]
