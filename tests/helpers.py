@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,3 +36,14 @@ def fresh_database(server_dsn: str, name: str) -> str:
 def query(dsn: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
     with psycopg.connect(dsn) as conn:
         return conn.execute(sql, params or None).fetchall()  # type: ignore[arg-type]
+
+
+async def until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition",
+                poll_s: float = 0.02) -> None:
+    """Wait for ``predicate()`` to hold: tests wait on conditions, never on fixed sleeps."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout} s")
+        await asyncio.sleep(poll_s)

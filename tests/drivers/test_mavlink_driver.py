@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from helpers import until
 from pymavlink.dialects.v20 import ardupilotmega as mavlink
 
 from drivers.mavlink import DroneConfig, MavlinkDriver, MavlinkOptions
@@ -73,12 +74,6 @@ class FakeDrone:
         self.sock.close()
 
 
-async def until(predicate: Any, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from helpers import until
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -37,12 +38,6 @@ def _publisher(host: str, port: int, *, protocol: int = mqtt.MQTTv5, ca: Path | 
     return c
 
 
-async def _until(predicate: Any, timeout: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        await asyncio.sleep(0.02)
 
 
 class Received:
@@ -63,10 +58,11 @@ class Received:
 
 
 async def _connect(url: str, client_id: str, received: Received, **kwargs: Any) -> MqttClient:
+    """Subscribed to ``<client_id>/#`` only: the session broker also carries other tests' (retained) topics."""
     client = MqttClient(url, client_id, received, **kwargs)
     received.client = client
     await client.start()
-    await client.subscribe(["t/#"], qos=1)
+    await client.subscribe([f"{client_id}/#"], qos=1)
     return client
 
 
@@ -78,17 +74,18 @@ async def test_every_publish_form_arrives_as_paho_would_deliver_it(mqtt_broker: 
     pub = _publisher(mqtt_broker.host, mqtt_broker.port)
     props = Properties(PacketTypes.PUBLISH)
     props.UserProperty = ("trace", "abc")
+    t = f"forms-{protocol}"
     sent = [
-        ("t/a/telemetry", b'{"plain": 0}', 0, None),
-        ("t/a/telemetry", b'{"plain": 1}', 1, None),
-        ("t/b/event", b'{"with": "user property"}', 1, props),  # properties: paho's own decoder
-        ("t/c/status", b"online", 2, None),  # QoS 2 (delivered at 1, our subscription's QoS)
-        ("t/\u8857/telemetry", b"\xff\xfe not json", 1, None),  # a UTF-8 topic, a payload of any bytes
-        ("t/d/telemetry", b"", 1, None),
+        (f"{t}/a/telemetry", b'{"plain": 0}', 0, None),
+        (f"{t}/a/telemetry", b'{"plain": 1}', 1, None),
+        (f"{t}/b/event", b'{"with": "user property"}', 1, props),  # properties: paho's own decoder
+        (f"{t}/c/status", b"online", 2, None),  # QoS 2 (delivered at 1, our subscription's QoS)
+        (f"{t}/\u8857/telemetry", b"\xff\xfe not json", 1, None),  # a UTF-8 topic, a payload of any bytes
+        (f"{t}/d/telemetry", b"", 1, None),
     ]
     for topic, payload, qos, properties in sent:
         pub.publish(topic, payload, qos=qos, properties=properties).wait_for_publish(5)
-    await _until(lambda: len(received.messages) == len(sent), what="all messages")
+    await until(lambda: len(received.messages) == len(sent), what="all messages")
     got = [(m.topic, bytes(m.payload), m.qos) for m in received.messages]
     assert got == [(t, p, min(q, 1)) for t, p, q, _ in sent]
     transport = client._client
@@ -108,15 +105,15 @@ async def test_batched_pubacks_release_exactly_the_acknowledged_messages(mqtt_br
     client = await _connect(mqtt_broker.url, "acks", received, max_inflight=500)
     pub = _publisher(mqtt_broker.host, mqtt_broker.port)
     for i in range(300):
-        pub.publish("t/x/telemetry", b"%d" % i, qos=1)
-    await _until(lambda: len(received.messages) == 300, what="300 messages")
+        pub.publish("acks/x/telemetry", b"%d" % i, qos=1)
+    await until(lambda: len(received.messages) == 300, what="300 messages")
     acked = [m for i, m in enumerate(received.messages) if i % 3]  # acknowledge two thirds, in one write
     client.ack_many([m.mid for m in acked])
     await asyncio.sleep(0.3)
     await client.stop()
     again = Received()
     client = await _connect(mqtt_broker.url, "acks", again, max_inflight=500)
-    await _until(lambda: len(again.messages) == 100, what="redelivery")
+    await until(lambda: len(again.messages) == 100, what="redelivery")
     await asyncio.sleep(0.3)
     assert sorted(again.payloads()) == sorted(b"%d" % i for i in range(0, 300, 3))
     assert all(m.dup for m in again.messages)
@@ -133,8 +130,8 @@ async def test_a_broker_ignoring_receive_maximum_meets_our_own_flow_control(tmp_
         client = await _connect(broker.url, "flow", received, max_inflight=50)
         pub = _publisher(broker.host, broker.port)
         for i in range(2000):
-            pub.publish("t/y/telemetry", b"%d" % i, qos=1)
-        await _until(lambda: len(received.messages) >= 50, what="a first window")
+            pub.publish("flow/y/telemetry", b"%d" % i, qos=1)
+        await until(lambda: len(received.messages) >= 50, what="a first window")
         peak = 0
         while len(received.messages) < 2000:
             unacked = [m.mid for m in received.messages[-client.unacked:]] if client.unacked else []
@@ -183,11 +180,11 @@ async def test_tls_backlog_read_ahead_and_a_certificate_from_another_ca(tls_file
         await client.stop()  # leave a persistent session behind, so the backlog waits in the broker
         pub = _publisher("127.0.0.1", tls_port, ca=tls_files["ca"])
         for i in range(5000):
-            pub.publish("t/z/telemetry", b"%05d" % i + b" " * 200, qos=1)
-        pub.publish("t/z/telemetry", b"last", qos=1).wait_for_publish(10)
+            pub.publish("tls/z/telemetry", b"%05d" % i + b" " * 200, qos=1)
+        pub.publish("tls/z/telemetry", b"last", qos=1).wait_for_publish(10)
         # The backlog arrives in TLS records holding many packets: everything read ahead must be delivered.
         client = await _connect(url, "tls", received, tls_ca_file=str(tls_files["ca"]), max_inflight=1000)
-        await _until(lambda: len(received.messages) == 5001, what="the TLS backlog")
+        await until(lambda: len(received.messages) == 5001, what="the TLS backlog")
         assert [p[:5] for p in received.payloads()] == [b"%05d" % i for i in range(5000)] + [b"last"]
         await client.stop()
 
@@ -197,8 +194,8 @@ async def test_tls_backlog_read_ahead_and_a_certificate_from_another_ca(tls_file
         # tls_insecure: encrypted, the certificate not verified (a lab broker with a self-made certificate)
         insecure = Received()
         client = await _connect(url, "tls-insecure", insecure, tls_insecure=True)
-        pub.publish("t/z/telemetry", b"insecure but encrypted", qos=1)
-        await _until(lambda: insecure.payloads()[-1:] == [b"insecure but encrypted"], what="the insecure link")
+        pub.publish("tls-insecure/z/telemetry", b"insecure but encrypted", qos=1)
+        await until(lambda: insecure.payloads()[-1:] == [b"insecure but encrypted"], what="the insecure link")
         await client.stop()
         pub.loop_stop()
         pub.disconnect()

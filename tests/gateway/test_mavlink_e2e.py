@@ -6,10 +6,9 @@ import asyncio
 import math
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from helpers import query
+from helpers import query, until
 
 from drivers.commands import Arm, CommandRejected, Goto, MissionItem, ReturnHome, SetMode, Takeoff
 from gateway.config import load_settings
@@ -22,13 +21,6 @@ pytestmark = pytest.mark.postgres
 TIME_FACTOR = 20.0
 
 
-async def until(predicate: Any, timeout: float = 20.0, what: str = "condition") -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import paho.mqtt.client as mqtt
 import pytest
-from helpers import query
+from helpers import query, until
 from paho.mqtt.enums import CallbackAPIVersion
 
 from drivers.commands import CommandTimeout, Goto, Hold, Takeoff, UnsupportedCommand
@@ -31,13 +31,6 @@ pytestmark = [pytest.mark.postgres, pytest.mark.mqtt]
 PREFIX = "patrolgate/v1"
 
 
-async def until(predicate: Any, timeout: float = 20.0, what: str = "condition") -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        await asyncio.sleep(0.05)
 
 
 def publisher(broker: EmbeddedMosquitto, client_id: str = "test-pub", **auth: str) -> mqtt.Client:

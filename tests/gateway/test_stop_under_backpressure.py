@@ -21,7 +21,7 @@ import orjson
 import paho.mqtt.client as mqtt
 import psycopg
 import pytest
-from helpers import query
+from helpers import query, until
 from paho.mqtt.enums import CallbackAPIVersion
 from pymavlink.dialects.v20 import ardupilotmega as mavlink
 
@@ -44,13 +44,6 @@ TAIL = 7
 RELEASE_AFTER_S = 0.3
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        await asyncio.sleep(0.005)
 
 
 class WatchedEmit:
