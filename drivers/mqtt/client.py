@@ -25,6 +25,7 @@ import logging
 import random
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +42,9 @@ __all__ = ["BrokerUrl", "MqttClient", "MqttConnectError"]
 
 log = logging.getLogger(__name__)
 
-_UNSUPPORTED_PROTOCOL = 132  # MQTT 5 CONNACK reason; a 3.1.1 broker answers return code 1 instead
+_UNSUPPORTED_PROTOCOL = 132
+#: Longest stretch of reading before the event loop gets a turn (seconds).
+_READ_TURN_S = 0.005  # MQTT 5 CONNACK reason; a 3.1.1 broker answers return code 1 instead
 
 
 class MqttConnectError(ConnectionError):
@@ -265,17 +268,22 @@ class MqttClient:
     def _read_ready(self) -> None:
         """Read packets until paho's socket buffer (and TLS's) is empty: a readable socket wakes us only once.
 
-        paho's ``loop_read`` handles one packet per call; the buffer may hold hundreds. At most 1,000 per turn,
-        so a flood never starves the rest of the loop (the next turn goes on, the fd being ready or not).
+        paho's ``loop_read`` handles one packet per call; the buffer may hold hundreds. At most ``_READ_TURN_S``
+        per turn, so a flood never starves the rest of the loop (the writer, the flush loop, commands); the next
+        turn goes on, the fd being ready or not. A count of packets was no bound: 1,000 batched payloads of 50
+        samples took 80 ms to decode, and the writer waited several such turns for its wake-up.
         """
         client = self._client
         if client is None:
             return
-        for _ in range(1000):
+        deadline = time.perf_counter() + _READ_TURN_S
+        while True:
             if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS or self._client is not client:
                 return
             if self._paused or not client.buffered():
                 return
+            if time.perf_counter() >= deadline:
+                break
         if self._loop is not None:
             self._loop.call_soon(self._read_ready)
 

@@ -174,7 +174,8 @@ class MqttDriver(Driver):
                 self._command_ack(topic.vehicle, payload)
         except ContractError as exc:
             self._reject(exc, topic_name, payload)
-        if len(self._to_ack) >= 200:
+        # Hand on in pieces: a big emit is validated in one go on the loop, and the writer waits for that turn.
+        if len(self._to_ack) >= 200 or len(self._samples) >= 2000:
             self._wake.set()
 
     def _allowed(self, vehicle: str) -> bool:

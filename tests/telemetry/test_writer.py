@@ -51,6 +51,27 @@ async def test_round_trip_of_every_field(db: str, tmp_path: Path) -> None:
     assert latest == [(31.2304561, 76.5, "AUTO")]
 
 
+async def test_a_fleet_appearing_at_once_is_registered_in_one_batch(db: str, tmp_path: Path) -> None:
+    """600 new vehicles in one batch: announced ones (one announced twice, the later name wins), and vehicles
+    only seen in samples; a vehicle already registered keeps its row and key."""
+    writer = TelemetryWriter(db, _settings(tmp_path, batch_rows=5000))
+    await writer.start()
+    await writer.submit([make_sample("car-000")], vehicles=[VehicleInfo("car-000", VehicleKind.PATROL_CAR, "mqtt")])
+    await writer.flush()
+    [(key_before,)] = query(db, "SELECT key FROM vehicles WHERE id = 'car-000'")
+    t = datetime(2026, 11, 28, 9, tzinfo=UTC)
+    samples = [make_sample(f"car-{i:03d}", t + timedelta(seconds=1)) for i in range(600)]
+    announced = [VehicleInfo(f"car-{i:03d}", VehicleKind.PATROL_CAR, "mqtt", mqtt_client_id=f"car-{i:03d}")
+                 for i in range(0, 300)]
+    announced.append(VehicleInfo("car-007", VehicleKind.PATROL_CAR, "mqtt", name="Unit 7"))
+    await writer.submit(samples, vehicles=announced)
+    await writer.stop()
+    assert query(db, "SELECT count(*), count(mqtt_client_id), count(DISTINCT key) FROM vehicles") == [(600, 300, 600)]
+    assert query(db, "SELECT name, mqtt_client_id FROM vehicles WHERE id = 'car-007'") == [("Unit 7", "car-007")]
+    assert query(db, "SELECT key FROM vehicles WHERE id = 'car-000'") == [(key_before,)]
+    assert query(db, "SELECT count(*), count(DISTINCT vehicle_key) FROM telemetry") == [(601, 600)]
+
+
 async def test_vehicle_latest_ignores_out_of_order_samples(db: str, tmp_path: Path) -> None:
     t0 = datetime.now(UTC) - timedelta(minutes=5)
     writer = TelemetryWriter(db, _settings(tmp_path))
