@@ -319,7 +319,8 @@ class _Store:
         ``update``: a driver's announcement refreshes protocol and the names it knows; otherwise an existing
         row is left as it is (a sample only needs the key).
         """
-        columns = list(zip(*rows, strict=True))
+        # Sorted by id: two gateways registering overlapping fleets lock the rows in the same order (no deadlock).
+        columns = list(zip(*sorted(rows, key=lambda row: row[0]), strict=True))
         on_conflict = (
             "protocol = EXCLUDED.protocol, name = coalesce(EXCLUDED.name, vehicles.name), "
             "mavlink_sysid = coalesce(EXCLUDED.mavlink_sysid, vehicles.mavlink_sysid), "
@@ -727,6 +728,9 @@ def _split(batch: Batch) -> list[Batch] | None:
 
 def _as_rejection(batch: Batch, reason: str, detail: str) -> Rejection:
     item: Any = (batch.samples or batch.events or batch.rejections or batch.vehicles)[0]
-    raw = orjson.dumps(item, default=str)
+    try:
+        raw = orjson.dumps(item, default=str)
+    except TypeError:  # what made the row fail may also defeat orjson (an integer beyond 64 bits): keep its repr
+        raw = repr(item).encode()
     return Rejection(time=utcnow(), source="writer", reason=reason, detail=detail[:2000],
                      vehicle=getattr(item, "vehicle", None), raw=raw)

@@ -42,9 +42,11 @@ __all__ = ["BrokerUrl", "MqttClient", "MqttConnectError"]
 
 log = logging.getLogger(__name__)
 
-_UNSUPPORTED_PROTOCOL = 132
+_UNSUPPORTED_PROTOCOL = 132  # MQTT 5 CONNACK reason; a 3.1.1 broker answers return code 1 instead
 #: Longest stretch of reading before the event loop gets a turn (seconds).
-_READ_TURN_S = 0.005  # MQTT 5 CONNACK reason; a 3.1.1 broker answers return code 1 instead
+_READ_TURN_S = 0.005
+#: Longest wait for the broker to close after our DISCONNECT (seconds).
+_LINGER_S = 2.0
 
 
 class MqttConnectError(ConnectionError):
@@ -68,6 +70,22 @@ class BrokerUrl:
         return cls(parts.hostname, parts.port or (8883 if tls else 1883), tls,
                    unquote(parts.username) if parts.username else None,
                    unquote(parts.password) if parts.password else None)
+
+
+async def _read_until_closed(sock: Any, timeout_s: float) -> None:
+    """After our DISCONNECT: discard what the broker still sends until it closes (or ``timeout_s``), so that
+    closing our side cannot reset the connection before the broker has read our last PUBACKs. What is
+    discarded was never acknowledged, so the broker keeps it for the next session."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        try:
+            if not sock.recv(65_536):
+                return
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            await asyncio.sleep(0.005)
+        except OSError:
+            return
 
 
 class MqttClient:
@@ -106,6 +124,7 @@ class MqttClient:
         self._closing = False
         self._reading = False
         self._paused = False
+        self._reading_stopped = False
         self._fd: int | None = None
         self._loop_thread = 0
 
@@ -141,6 +160,7 @@ class MqttClient:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._closing = False
+        self._reading_stopped = False
         try:
             await self._connect_once(timeout_s)
         except MqttConnectError as exc:
@@ -191,9 +211,14 @@ class MqttClient:
         self._tasks.clear()
         client = self._client
         if client is not None and client.is_connected():
+            client.linger = True
             client.disconnect()
             with contextlib.suppress(Exception):
                 client.loop_write()
+            if client.lingering is not None:
+                await _read_until_closed(client.lingering, _LINGER_S)
+                client.lingering.close()
+                client.lingering = None
         self._drop_socket()
 
     def _drop_socket(self) -> None:
@@ -369,8 +394,13 @@ class MqttClient:
 
     def pause(self, paused: bool) -> None:
         """Stop (or restart) reading from the broker; unacknowledged messages then stay queued there."""
-        self._paused = paused
-        self._set_reading(not paused)
+        self._paused = paused or self._reading_stopped
+        self._set_reading(not self._paused)
+
+    def stop_reading(self) -> None:
+        """Read nothing more until ``stop()``, whatever gets acknowledged meanwhile (the driver's shutdown)."""
+        self._reading_stopped = True
+        self.pause(True)
 
     def ack(self, mid: int, qos: int) -> None:
         """Acknowledge a received QoS 1 message (PUBACK) once its data is durable."""

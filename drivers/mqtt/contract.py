@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import orjson
@@ -168,17 +168,22 @@ def _sample(doc: Any, vehicle: str, received: datetime, source: str, raw: bytes)
     )
 
 
+#: JSON integers the careful path keeps as integers: orjson turns wider ones into floats, and an integer wider
+#: than 64 bits could not be written to the database or the spool (it crashed the writer before this bound).
+_Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+
+
 class _WireSample(msgspec.Struct, forbid_unknown_fields=True):
     """A contract telemetry object exactly as the contract names it: the fast path's schema.
 
     msgspec checks the JSON types while parsing (in C, no dict per sample): numbers accept JSON integers and
     floats, integers reject floats and booleans, as ``_field`` does. Anything it refuses, including keys the
-    contract does not name (kept in ``extra`` by the careful path), goes the careful path, which gives the
-    exact reason and keeps the good elements of a batch.
+    contract does not name (kept in ``extra`` by the careful path) and integers beyond 64 bits, goes the careful
+    path, which gives the exact reason and keeps the good elements of a batch.
     """
 
     v: int
-    ts: int
+    ts: _Int64
     lat: float
     lon: float
     kind: str = "patrol_car"
@@ -194,14 +199,14 @@ class _WireSample(msgspec.Struct, forbid_unknown_fields=True):
     battery_v: float | None = None
     mode: str | None = None
     armed: bool | None = None
-    gps_fix: int | None = None
-    satellites: int | None = None
+    gps_fix: _Int64 | None = None
+    satellites: _Int64 | None = None
     link_quality_pct: float | None = None
     # Kept in ``extra`` as sent (an integer stays an integer), as the careful path keeps them.
-    fuel_pct: int | float | None = None
-    odometer_m: int | float | None = None
-    rssi_dbm: int | float | None = None
-    seq: int | None = None
+    fuel_pct: _Int64 | float | None = None
+    odometer_m: _Int64 | float | None = None
+    rssi_dbm: _Int64 | float | None = None
+    seq: _Int64 | None = None
 
 
 _WIRE_DECODER = msgspec.json.Decoder(list[_WireSample] | _WireSample)
@@ -212,7 +217,7 @@ def _fast_samples(payload: bytes, vehicle: str, received: datetime, source: str)
     """The whole payload as samples when every element is plainly valid, else None (take the careful path)."""
     try:
         doc = _WIRE_DECODER.decode(payload)
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):  # invalid UTF-8: not a DecodeError
         return None
     wires = doc if type(doc) is list else [doc]
     if not wires or len(wires) > MAX_BATCH:

@@ -135,7 +135,7 @@ class MqttDriver(Driver):
     async def stop(self) -> None:
         """Stop reading, hand the last messages to the pipeline, ack what became durable, disconnect."""
         if self._client is not None:
-            self._client.pause(True)
+            self._client.stop_reading()  # for good: acks of the last commits must not resume reading
         await cancel_tasks(self._tasks)
         # Not cancelled: a cancel during an emit that the writer holds back would drop what it had taken.
         self._stopping = True
@@ -174,6 +174,9 @@ class MqttDriver(Driver):
                 self._command_ack(topic.vehicle, payload)
         except ContractError as exc:
             self._reject(exc, topic_name, payload)
+        except Exception as exc:  # a decoder bug must not lose the message: keep it, with what went wrong
+            log.exception("MQTT message on %s could not be handled", topic_name)
+            self._reject(ContractError("internal_error", f"{type(exc).__name__}: {exc}"), topic_name, payload)
         # Hand on in pieces: a big emit is validated in one go on the loop, and the writer waits for that turn.
         if len(self._to_ack) >= 200 or len(self._samples) >= 2000:
             self._wake.set()
@@ -260,7 +263,11 @@ class MqttDriver(Driver):
                 client.ack_many(to_ack)
 
         self._acks_outstanding += 1
-        await self._emit(samples, events=events, rejections=rejections, vehicles=vehicles, ack=ack)
+        try:
+            await self._emit(samples, events=events, rejections=rejections, vehicles=vehicles, ack=ack)
+        except BaseException:  # not queued: its ack will never come
+            self._acks_outstanding -= 1
+            raise
 
     async def _flush_loop(self) -> None:
         while not self._stopping:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import jsonschema
+import orjson
 import pytest
 
 from drivers.mqtt import contract
@@ -136,7 +137,7 @@ def _random_element(rng: random.Random) -> dict[str, object]:
         "gps_fix": [3, 0], "satellites": [14], "link_quality_pct": [88.0], "fuel_pct": [55, 55.5],
         "odometer_m": [12345.6, 1000], "rssi_dbm": [-71, -70.5], "seq": [1234], "unnamed_extra": ["x", 3],
     }
-    wrong: list[object] = ["text", True, 1.5, [1], {"a": 1}]
+    wrong: list[object] = ["text", True, 1.5, [1], {"a": 1}, 10**29, -(2**63) - 1, 2**63]
     for name, values in valid.items():
         roll = rng.random()
         if roll < 0.5:
@@ -152,9 +153,24 @@ def _random_element(rng: random.Random) -> dict[str, object]:
     return element
 
 
+def _hostile(payload: bytes, rng: random.Random) -> bytes:
+    """What json.dumps never writes: invalid UTF-8, a repeated key, a NaN token."""
+    roll = rng.random()
+    if roll < 0.03:
+        return payload.replace(b'"patrol"', b'"\xe9"')
+    if roll < 0.06 and payload.startswith(b"{"):
+        return payload[:-1] + b', "lat": 45.5}'
+    if roll < 0.08:
+        return payload.replace(b"76.5", b"NaN")
+    return payload
+
+
 def _careful(payload: bytes, vehicle: str) -> tuple[list[object], list[str]]:
-    """The careful path alone, as the decoder takes it when the fast one refuses."""
-    doc = json.loads(payload)
+    """The careful path alone (orjson, then ``_sample``), as the decoder takes it when the fast one refuses."""
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return [], ["bad_json"]
     samples, reasons = [], []
     for element in doc if isinstance(doc, list) else [doc]:
         try:
@@ -169,7 +185,7 @@ def test_fast_path_and_careful_path_agree_on_generated_payloads() -> None:
     fast_taken = 0
     for _ in range(3000):
         batch = [_random_element(rng) for _ in range(rng.choice([1, 1, 3, 50]))]
-        payload = json.dumps(batch if len(batch) > 1 or rng.random() < 0.3 else batch[0]).encode()
+        payload = _hostile(json.dumps(batch if len(batch) > 1 or rng.random() < 0.3 else batch[0]).encode(), rng)
         expected, reasons = _careful(payload, "car-07")
         fast = contract._fast_samples(payload, "car-07", NOW, "mqtt:t")
         if fast is not None:
@@ -179,7 +195,7 @@ def test_fast_path_and_careful_path_agree_on_generated_payloads() -> None:
             for f, e in zip(fast, expected, strict=True):  # ints stay ints in extra, numbers are floats
                 assert [type(v) for v in (f.extra or {}).values()] == [type((e.extra or {})[k]) for k in f.extra or {}]
                 assert type(f.lat_deg) is float and type(f.alt_msl_m) is type(e.alt_msl_m)
-        if payload.startswith(b"{") and reasons:  # a single bad object is refused whole
+        if reasons and (payload.startswith(b"{") or reasons == ["bad_json"]):  # refused whole
             with pytest.raises(ContractError) as refused:
                 decode_telemetry(payload, "car-07", NOW, "mqtt:t")
             assert refused.value.reason == reasons[0]

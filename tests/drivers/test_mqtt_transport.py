@@ -8,6 +8,7 @@ and a broker that ignores the Receive Maximum we ask for.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import subprocess
 import time
@@ -23,6 +24,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from drivers.mqtt.client import MqttClient, MqttConnectError
+from drivers.mqtt.transport import GatewayPahoClient
 from gateway.embedded import EmbeddedMosquitto, free_port
 
 pytestmark = [pytest.mark.mqtt]
@@ -52,6 +54,8 @@ class Received:
         self.messages.append(msg)
         if self.ack and self.client is not None and msg.qos == 1:
             self.client.ack_many([msg.mid])
+        elif self.ack and self.client is not None and msg.qos == 2:
+            self.client.ack(msg.mid, 2)  # PUBCOMP
 
     def payloads(self) -> list[bytes]:
         return [bytes(m.payload) for m in self.messages]
@@ -69,34 +73,63 @@ async def _connect(url: str, client_id: str, received: Received, **kwargs: Any) 
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 async def test_every_publish_form_arrives_as_paho_would_deliver_it(mqtt_broker: EmbeddedMosquitto,
                                                                    protocol: str) -> None:
-    received = Received()
-    client = await _connect(mqtt_broker.url, f"forms-{protocol}", received, protocol=protocol)
+    t = f"forms-{protocol}"
     pub = _publisher(mqtt_broker.host, mqtt_broker.port)
+    pub.publish(f"{t}/r/status", b"online", qos=1, retain=True).wait_for_publish(5)  # before we subscribe
+    received = Received()
+    client = await _connect(mqtt_broker.url, t, received, protocol=protocol)
+    await client.subscribe([f"{t}-q2/#"], qos=2)  # QoS 2 arrives as QoS 2 here: paho's own handshake
     props = Properties(PacketTypes.PUBLISH)
     props.UserProperty = ("trace", "abc")
-    t = f"forms-{protocol}"
     sent = [
         (f"{t}/a/telemetry", b'{"plain": 0}', 0, None),
         (f"{t}/a/telemetry", b'{"plain": 1}', 1, None),
         (f"{t}/b/event", b'{"with": "user property"}', 1, props),  # properties: paho's own decoder
-        (f"{t}/c/status", b"online", 2, None),  # QoS 2 (delivered at 1, our subscription's QoS)
+        (f"{t}/c/status", b"online", 2, None),  # QoS 2 delivered at 1, the subscription's QoS
+        (f"{t}-q2/c/status", b"offline", 2, None),
         (f"{t}/\u8857/telemetry", b"\xff\xfe not json", 1, None),  # a UTF-8 topic, a payload of any bytes
         (f"{t}/d/telemetry", b"", 1, None),
     ]
+    await until(lambda: len(received.messages) == 1, what="the retained message")
     for topic, payload, qos, properties in sent:
         pub.publish(topic, payload, qos=qos, properties=properties).wait_for_publish(5)
-    await until(lambda: len(received.messages) == len(sent), what="all messages")
-    got = [(m.topic, bytes(m.payload), m.qos) for m in received.messages]
-    assert got == [(t, p, min(q, 1)) for t, p, q, _ in sent]
+    await until(lambda: len(received.messages) == len(sent) + 1, what="all messages")
+    got = [(m.topic, bytes(m.payload), m.qos, bool(m.retain)) for m in received.messages]
+    assert got[0] == (f"{t}/r/status", b"online", 1, True)
+    expected_qos = [min(q, 1) if not topic.startswith(f"{t}-q2/") else 2 for topic, _, q, _ in sent]
+    expected = [(topic, p, q, False) for (topic, p, _, _), q in zip(sent, expected_qos, strict=True)]
+    assert sorted(got[1:]) == sorted(expected)  # the QoS 2 one comes after its handshake: order aside
+    assert [g for g in got[1:] if g[2] < 2] == [e for e in expected if e[2] < 2]  # the rest in publish order
     transport = client._client
     assert transport is not None
-    if protocol == "5":
-        assert transport.slow_publishes == 1 and transport.fast_publishes == len(sent) - 1
-    else:
-        assert transport.slow_publishes == 0 and transport.fast_publishes == len(sent)
+    slow = 2 if protocol == "5" else 1  # the user property (MQTT 5 only) and the QoS 2 message
+    assert transport.slow_publishes == slow and transport.fast_publishes == len(sent) + 1 - slow
+    await asyncio.sleep(0.2)
+    assert client.unacked == 0  # everything was acknowledged, QoS 2 with PUBCOMP
     pub.loop_stop()
     pub.disconnect()
     await client.stop()
+
+
+def test_fast_publish_decoding_leaves_malformed_packets_to_paho() -> None:
+    """Packets paho refuses (QoS 3; a topic longer than the packet) take paho's path, which reports them."""
+    client = GatewayPahoClient(callback_api_version=CallbackAPIVersion.VERSION2, client_id="parse",
+                               protocol=mqtt.MQTTv311, on_inbound=lambda msg: delivered.append(msg))
+    delivered: list[Any] = []
+    cases = [
+        (0x36, b"\x00\x03a/b\x00\x01x"),  # QoS 3
+        (0x30, b"\x00\x09a/b"),  # topic length 9, 3 bytes left
+        (0x32, b"\x00\x03a/b\x00"),  # QoS 1, packet id cut short
+    ]
+    for command, packet in cases:
+        client._in_packet = {"command": command, "packet": bytearray(packet)}  # what paho's reader fills in
+        with contextlib.suppress(Exception):  # paho raises or returns a protocol error: either is a refusal
+            assert client._handle_publish() != mqtt.MQTT_ERR_SUCCESS
+    assert delivered == [] and client.fast_publishes == 0 and client.slow_publishes == len(cases)
+    client._in_packet = {"command": 0x32, "packet": bytearray(b"\x00\x03a/b\x00\x07hello")}
+    assert client._handle_publish() == mqtt.MQTT_ERR_SUCCESS
+    [msg] = delivered
+    assert (msg.topic, msg.payload, msg.qos, msg.mid, msg.retain) == ("a/b", b"hello", 1, 7, False)
 
 
 async def test_batched_pubacks_release_exactly_the_acknowledged_messages(mqtt_broker: EmbeddedMosquitto) -> None:

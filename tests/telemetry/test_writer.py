@@ -124,6 +124,24 @@ async def test_bad_row_is_isolated_and_the_rest_is_stored(db: str, tmp_path: Pat
     assert reason.startswith("storage_error:") and vehicle == "car-01"
 
 
+async def test_a_row_no_encoder_can_write_is_kept_as_its_repr_and_the_writer_goes_on(db: str,
+                                                                                     tmp_path: Path) -> None:
+    """An extra value orjson cannot encode (an integer beyond 64 bits) fails the COPY and the rejection's own
+    encoding: the row is kept by its repr, the rest is stored, and the writer keeps serving."""
+    writer = TelemetryWriter(db, _settings(tmp_path))
+    await writer.start()
+    t0 = datetime.now(UTC) - timedelta(minutes=1)
+    samples = [make_sample("car-01", t0 + timedelta(seconds=i)) for i in range(5)]
+    samples[2].extra = {"odometer_m": 10**30}
+    await writer.submit(samples)
+    await writer.flush()
+    await writer.submit([make_sample("car-01", t0 + timedelta(seconds=9))])
+    await writer.stop()
+    assert query(db, "SELECT count(*) FROM telemetry") == [(5,)]
+    [(reason, raw)] = query(db, "SELECT reason, raw FROM rejected")
+    assert reason == "storage_error:TypeError" and b"1000000000000000000000000000000" in bytes(raw)
+
+
 async def test_backpressure_blocks_producers_when_the_queue_is_full(db: str, tmp_path: Path) -> None:
     writer = TelemetryWriter(db, _settings(tmp_path, queue_max_rows=100, batch_rows=50, flush_interval_s=5.0))
     writer._executor.submit(lambda: __import__("time").sleep(0.5))  # keep the worker busy for a moment
