@@ -21,8 +21,8 @@ GEN0_THRESHOLD = 50_000
 
 def tune_gc_for_ingest() -> None:
     """Freeze what exists now and raise the generation-0 threshold; idempotent, harmless to call again."""
-    _, gen1, gen2 = gc.get_threshold()
-    if gc.get_threshold()[0] < GEN0_THRESHOLD:
+    gen0, gen1, gen2 = gc.get_threshold()
+    if gen0 < GEN0_THRESHOLD:
         gc.collect()
         gc.freeze()
         gc.set_threshold(GEN0_THRESHOLD, gen1, gen2)

@@ -111,7 +111,7 @@ def _queue_stream(broker: EmbeddedMosquitto, stream: list[tuple[str, bytes]]) ->
     return len(stream) / (done.value - started.value)
 
 
-def _bare_subscriber(broker: EmbeddedMosquitto, prefix: str, on_message: Any) -> mqtt.Client:
+def _bare_subscriber(broker: EmbeddedMosquitto, on_message: Any) -> mqtt.Client:
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = 3600
     sub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="bench-bare-subscriber",
@@ -133,12 +133,12 @@ def _ceiling(broker: EmbeddedMosquitto, stream: list[tuple[str, bytes]], prefix:
         if received >= total:
             finished.set()
 
-    sub = _bare_subscriber(broker, prefix, on_message)
+    sub = _bare_subscriber(broker, on_message)
     sub.subscribe(f"{prefix}/+/telemetry", qos=1)
     sub.loop(1.0)
     sub.disconnect()
     publish_rate = _queue_stream(broker, stream)
-    sub = _bare_subscriber(broker, prefix, on_message)
+    sub = _bare_subscriber(broker, on_message)
     started = time.time()
     sub.loop_start()
     finished.wait(300)
