@@ -221,12 +221,14 @@ def bench_mavlink(ctx: click.Context, frames: int, drones: int, runs: int, as_js
 
 @bench.command("mqtt")
 @click.option("--cars", default=1000, show_default=True, type=click.IntRange(1, 10_000))
-@click.option("--messages", default=100_000, show_default=True, type=click.IntRange(100))
+@click.option("--messages", default=None, type=click.IntRange(100),
+              help="Messages to publish [default: 100,000 single-sample messages, or 500,000 samples' worth of "
+                   "batched ones].")
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(1, 1000),
               help="Samples per message (50 for the batched-payload target).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
-def bench_mqtt(ctx: click.Context, cars: int, messages: int, batch: int, as_json: bool) -> None:
+def bench_mqtt(ctx: click.Context, cars: int, messages: int | None, batch: int, as_json: bool) -> None:
     """End-to-end MQTT samples/s and messages/s vs a bare paho subscriber's receive rate."""
     from gateway.bench.mqtt import run_mqtt_bench
 

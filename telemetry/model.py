@@ -7,7 +7,9 @@ Frames and units (explicit in the field names):
 - angles in degrees: heading is course over ground clockwise from true north in [0, 360); roll/pitch/yaw in
   [-180, 180];
 - speeds in m/s; ``climb_mps`` positive up;
-- ``battery_pct`` 0-100 state of charge, ``battery_v`` volts; ``link_quality_pct`` 0-100.
+- ``battery_pct`` 0-100 state of charge, ``battery_v`` volts; ``link_quality_pct`` 0-100;
+- patrol cars: ``odometer_m`` total distance driven in metres, ``fuel_pct`` 0-100, ``rssi_dbm`` cellular
+  signal strength in dBm; ``seq`` is the vehicle's own message counter (a gap means lost messages).
 
 Everything a driver knows beyond these goes into ``extra`` (a JSON object): documented keys are listed in
 ``EXTRA_KEYS``.
@@ -64,10 +66,6 @@ class EventType(StrEnum):
 
 #: Documented keys of ``Sample.extra`` with their units.
 EXTRA_KEYS: dict[str, str] = {
-    "seq": "vehicle's own message counter (MQTT contract `seq`)",
-    "odometer_m": "total distance driven, metres",
-    "fuel_pct": "fuel level, percent 0-100",
-    "rssi_dbm": "cellular signal strength, dBm",
     "hdop": "GPS horizontal dilution of precision (unitless)",
     "vx_mps": "velocity north, m/s (MAVLink NED)",
     "vy_mps": "velocity east, m/s (MAVLink NED)",
@@ -125,6 +123,10 @@ class Sample:
     gps_fix: int | None = None
     satellites: int | None = None
     link_quality_pct: float | None = None
+    odometer_m: float | None = None
+    fuel_pct: float | None = None
+    rssi_dbm: float | None = None
+    seq: int | None = None
     extra: dict[str, Any] | None = None
     source: str = ""
     #: The raw message this sample came from, not stored with it: kept only so that a rejection of the

@@ -155,8 +155,9 @@ def current_backend(conn: psycopg.Connection[Any]) -> Backend | None:
     return row[0] if row else None  # type: ignore[return-value]
 
 
-def upgrade(dsn: str, settings: StorageSettings | None = None) -> list[int]:
-    """Apply every migration not yet applied, each in its own transaction; returns the versions applied.
+def upgrade(dsn: str, settings: StorageSettings | None = None, *, up_to: int | None = None) -> list[int]:
+    """Apply every migration not yet applied (or those up to version ``up_to``), each in its own transaction;
+    returns the versions applied.
 
     Idempotent. Refuses (``SchemaTooNewError``) a database whose schema version is newer than this code's.
     Concurrent upgrades are serialized by an advisory lock.
@@ -179,7 +180,7 @@ def upgrade(dsn: str, settings: StorageSettings | None = None) -> list[int]:
                 )
             backend = current_backend(conn) or _choose_backend(conn, dsn, settings)
             for mig in _migrations():
-                if mig.version <= version:
+                if mig.version <= version or (up_to is not None and mig.version > up_to):
                     continue
                 text = _sql_for(mig, backend).replace("{chunk_interval}", _interval_literal(settings.chunk_interval))
                 with conn.transaction():

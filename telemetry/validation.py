@@ -27,6 +27,7 @@ _EARTH_RADIUS_M = 6_371_008.8
 #: from above (the way along the meridian, then along the parallel, is never shorter), for a cheap first test.
 _M_PER_DEG = _EARTH_RADIUS_M * math.pi / 180.0
 _EPOCH_2000 = datetime(2000, 1, 1, tzinfo=UTC)
+_EPOCH_UNIX = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
@@ -65,6 +66,8 @@ class ValidationLimits:
             "gps_fix": (0, 8),
             "satellites": (0, 255),
             "link_quality_pct": (0.0, 100.0),
+            "odometer_m": (0.0, None),
+            "fuel_pct": (0.0, 100.0),
         }
     )
 
@@ -74,9 +77,10 @@ class _VehicleState:
     last_lat: float | None = None
     last_lon: float | None = None
     last_time: datetime | None = None
-    # Remembered key times in two generations: ``recent`` fills up to the window, then becomes ``older``.
-    recent: set[datetime] = field(default_factory=set)
-    older: set[datetime] = field(default_factory=set)
+    # Remembered key times (as offsets from the Unix epoch) in two generations: ``recent`` fills up to the
+    # window, then becomes ``older``.
+    recent: set[timedelta] = field(default_factory=set)
+    older: set[timedelta] = field(default_factory=set)
 
 
 def _range_checker(ranges: Mapping[str, tuple[float | None, float | None]]) -> Callable[[Any], str | None]:
@@ -116,14 +120,13 @@ class Validator:
         """Remember already-stored timestamps (after a restart) so redelivered messages count as duplicates."""
         state = self._vehicles.setdefault(vehicle, _VehicleState())
         for t in key_times[-self.limits.duplicate_window :]:
-            self._remember_time(state, t)
+            self._remember_mark(state, t - _EPOCH_UNIX)
 
     def check(self, sample: Sample, now: datetime | None = None) -> str | None:
         """The reason code when ``sample`` must be rejected, else None (and the sample is remembered)."""
         now = now or utcnow()
-        reason = self._reason(sample, now + timedelta(seconds=self.limits.max_future_s))
+        reason = self._admit(sample, now + timedelta(seconds=self.limits.max_future_s))
         if reason is None:
-            self._remember(sample)
             self.accepted += 1
         else:
             self.rejected[reason] += 1
@@ -135,11 +138,10 @@ class Validator:
         horizon = now + timedelta(seconds=self.limits.max_future_s)
         good: list[Sample] = []
         bad: list[Rejection] = []
-        reason_for, remember, rejected = self._reason, self._remember, self.rejected
+        admit, rejected = self._admit, self.rejected
         for s in samples:
-            reason = reason_for(s, horizon)
+            reason = admit(s, horizon)
             if reason is None:
-                remember(s)
                 good.append(s)
             else:
                 rejected[reason] += 1
@@ -150,7 +152,8 @@ class Validator:
         self.accepted += len(good)
         return good, bad
 
-    def _reason(self, s: Sample, horizon: datetime) -> str | None:
+    def _admit(self, s: Sample, horizon: datetime) -> str | None:
+        """The reason to reject ``s``; or None, once ``s`` is remembered for the duplicate and jump checks."""
         lat, lon = s.lat_deg, s.lon_deg
         if lat is None or lon is None:
             if lat is not lon:
@@ -175,36 +178,34 @@ class Validator:
         reason = self._out_of_range(s)
         if reason is not None:
             return reason
-        state = self._vehicles.get(s.vehicle)
-        if state is None:
-            return None
-        if key in state.recent or key in state.older:
-            return "duplicate"
-        last_lat, last_time = state.last_lat, state.last_time
-        if lat is not None and lon is not None and last_lat is not None and last_time is not None:
-            last_lon = state.last_lon or 0.0
-            noise_m = limits.jump_noise_m
-            # Most fixes are metres apart: the cheap upper bound settles them without trigonometry.
-            if (abs(lat - last_lat) + abs(lon - last_lon)) * _M_PER_DEG > noise_m:
-                distance_m = haversine_m(last_lat, last_lon, lat, lon)
-                if distance_m > noise_m:
-                    dt_s = abs((key - last_time).total_seconds())
-                    if dt_s == 0 or distance_m / dt_s > limit:
-                        return "impossible_speed"
-        return None
-
-    def _remember(self, s: Sample) -> None:
+        # Duplicates are found by the time's offset from the epoch, a timedelta: hashing an aware datetime
+        # costs twice as much (it builds a UTC copy of itself first), once per sample.
+        mark = key - _EPOCH_UNIX
         state = self._vehicles.get(s.vehicle)
         if state is None:
             state = self._vehicles[s.vehicle] = _VehicleState()
-        key = s.vehicle_time or s.time
-        self._remember_time(state, key)
-        if s.lat_deg is not None and (state.last_time is None or key >= state.last_time):
-            state.last_lat, state.last_lon, state.last_time = s.lat_deg, s.lon_deg, key
+        else:
+            if mark in state.recent or mark in state.older:
+                return "duplicate"
+            last_lat, last_time = state.last_lat, state.last_time
+            if lat is not None and lon is not None and last_lat is not None and last_time is not None:
+                last_lon = state.last_lon or 0.0
+                noise_m = limits.jump_noise_m
+                # Most fixes are metres apart: the cheap upper bound settles them without trigonometry.
+                if (abs(lat - last_lat) + abs(lon - last_lon)) * _M_PER_DEG > noise_m:
+                    distance_m = haversine_m(last_lat, last_lon, lat, lon)
+                    if distance_m > noise_m:
+                        dt_s = abs((key - last_time).total_seconds())
+                        if dt_s == 0 or distance_m / dt_s > limit:
+                            return "impossible_speed"
+        self._remember_mark(state, mark)
+        if lat is not None and (state.last_time is None or key >= state.last_time):
+            state.last_lat, state.last_lon, state.last_time = lat, lon, key
+        return None
 
-    def _remember_time(self, state: _VehicleState, key: datetime) -> None:
+    def _remember_mark(self, state: _VehicleState, mark: timedelta) -> None:
         recent = state.recent
-        recent.add(key)
+        recent.add(mark)
         if len(recent) >= self.limits.duplicate_window:
             state.older, state.recent = recent, set()
 

@@ -1,12 +1,12 @@
 """The ingest writer: batches samples, COPYs them into PostgreSQL, spools to disk when the database is away.
 
 Flow. ``submit`` puts samples (plus events, rejections, vehicle registrations) on a bounded queue; when the
-queue holds ``queue_max_rows`` it blocks the caller (backpressure to the drivers). A flush loop takes a batch
-when ``batch_rows`` are queued or the oldest entry is ``flush_interval_s`` old, and hands it to one worker
-thread that writes it in a single transaction: register new vehicles, binary COPY into ``telemetry``, upsert
-``vehicle_latest`` (only when newer: out-of-order samples never move it back), insert events and rejections,
-record the batch id in ``ingest_batches``, commit. A sample counts as stored only after that commit; the
-``ack`` callbacks given to ``submit`` fire then (or once the batch is fsynced to the spool).
+queue holds ``queue_max_rows`` it blocks the caller (backpressure to the drivers). One worker thread takes a
+batch itself when ``batch_rows`` are queued or the oldest entry is ``flush_interval_s`` old, and writes it in a
+single transaction: register new vehicles, binary COPY into ``telemetry``, upsert ``vehicle_latest`` (only when
+newer: out-of-order samples never move it back), insert events and rejections, record the batch id in
+``ingest_batches``, commit. A sample counts as stored only after that commit; the ``ack`` callbacks given to
+``submit`` run then, on the event loop, in commit order (or once the batch is fsynced to the spool).
 
 Errors, sorted by SQLSTATE class as Telegraf's PostgreSQL output does: connection loss and classes 08, 40, 53,
 57, 58 are transient: the batch goes to the on-disk spool and the writer reconnects with capped, jittered,
@@ -23,11 +23,11 @@ import base64
 import contextlib
 import logging
 import random
+import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -51,11 +51,12 @@ Ack = Callable[[], None]
 TELEMETRY_COLUMNS = (
     "vehicle_key", "time", "received_at", "lat", "lon", "alt_msl_m", "alt_rel_m", "heading_deg",
     "ground_speed_mps", "climb_mps", "roll_deg", "pitch_deg", "yaw_deg", "battery_pct", "battery_v", "mode",
-    "armed", "gps_fix", "satellites", "link_quality_pct", "extra",
+    "armed", "gps_fix", "satellites", "link_quality_pct", "odometer_m", "fuel_pct", "rssi_dbm", "seq", "extra",
 )
 _COPY_TYPES = (
     "int4", "timestamptz", "timestamptz", "float8", "float8", "float4", "float4", "float4", "float4", "float4",
-    "float4", "float4", "float4", "float4", "float4", "text", "bool", "int2", "int2", "float4", "jsonb",
+    "float4", "float4", "float4", "float4", "float4", "text", "bool", "int2", "int2", "float4", "float8", "float4",
+    "float4", "int8", "jsonb",
 )
 
 
@@ -67,7 +68,7 @@ def _copy_row(key: int, key_time: datetime, s: Sample) -> tuple[Any, ...]:
     """
     return (key, key_time, s.time, s.lat_deg, s.lon_deg, s.alt_msl_m, s.alt_rel_m, s.heading_deg,
             s.ground_speed_mps, s.climb_mps, s.roll_deg, s.pitch_deg, s.yaw_deg, s.battery_pct, s.battery_v, s.mode,
-            s.armed, s.gps_fix, s.satellites, s.link_quality_pct, s.extra)
+            s.armed, s.gps_fix, s.satellites, s.link_quality_pct, s.odometer_m, s.fuel_pct, s.rssi_dbm, s.seq, s.extra)
 
 
 _COLUMN_LIST = ", ".join(TELEMETRY_COLUMNS)
@@ -156,6 +157,7 @@ class Batch:
         return orjson.dumps(
             {
                 "id": str(self.id),
+                "sample_fields": _SAMPLE_FIELDS,
                 "samples": [_sample_to_list(s) for s in self.samples],
                 "events": [[e.time, e.vehicle, e.type, e.detail, e.kind, e.lat_deg, e.lon_deg] for e in self.events],
                 "rejections": [
@@ -173,9 +175,10 @@ class Batch:
     def decode(cls, payload: bytes) -> Batch:
         doc = orjson.loads(payload)
         ts = datetime.fromisoformat
+        names = tuple(doc.get("sample_fields", _SPOOL_V1_SAMPLE_FIELDS))
         return cls(
             id=uuid.UUID(doc["id"]),
-            samples=[_sample_from_list(row) for row in doc["samples"]],
+            samples=[_sample_from_list(names, row) for row in doc["samples"]],
             events=[
                 Event(time=ts(t), vehicle=v, type=ty, detail=d, kind=VehicleKind(k) if k else None, lat_deg=la,
                       lon_deg=lo)
@@ -194,14 +197,30 @@ class Batch:
 
 
 _SAMPLE_FIELDS = tuple(f for f in Sample.__dataclass_fields__ if f != "raw")  # raw is never stored
+#: The sample fields of spool records written before records named their fields (odometer_m, fuel_pct,
+#: rssi_dbm and seq were keys of ``extra`` then): a spool left by that version still replays.
+_FIELDS_FORMERLY_EXTRA = ("odometer_m", "fuel_pct", "rssi_dbm", "seq")
+_SPOOL_V1_SAMPLE_FIELDS = (
+    "time", "vehicle", "kind", "lat_deg", "lon_deg", "vehicle_time", "alt_msl_m", "alt_rel_m", "heading_deg",
+    "ground_speed_mps", "climb_mps", "roll_deg", "pitch_deg", "yaw_deg", "battery_pct", "battery_v", "mode",
+    "armed", "gps_fix", "satellites", "link_quality_pct", "extra", "source",
+)
 
 
 def _sample_to_list(s: Sample) -> list[Any]:
     return [getattr(s, f) for f in _SAMPLE_FIELDS]
 
 
-def _sample_from_list(row: list[Any]) -> Sample:
-    values = dict(zip(_SAMPLE_FIELDS, row, strict=True))
+def _sample_from_list(names: tuple[str, ...], row: list[Any]) -> Sample:
+    """A spooled sample by the field names its record lists; a v1 record's ``extra`` gives up the keys that
+    became fields since."""
+    values = dict(zip(names, row, strict=True))
+    extra = values.get("extra")
+    if extra:
+        for name in _FIELDS_FORMERLY_EXTRA:
+            if name in extra and name not in values:
+                values[name] = extra.pop(name)
+        values["extra"] = extra or None
     values["raw"] = None
     values["time"] = datetime.fromisoformat(values["time"])
     if values["vehicle_time"] is not None:
@@ -247,6 +266,7 @@ class _Store:
             self.keys = dict(self.conn.execute("SELECT id, key FROM vehicles").fetchall())
         if self.backend is None:
             raise RuntimeError("the database has no patrolgate schema; run `patrolgate db upgrade` first")
+
         self.partition_days = set()
 
     def close(self) -> None:
@@ -353,10 +373,12 @@ class _Store:
         latest: dict[int, tuple[Any, ...]] = {}
         make_row = _copy_row
         with conn.cursor() as cur:
-            # A savepoint, so a row outside the known partitions (an old log, a skewed clock) costs one retry
-            # with the partitions created, not a per-row check of every batch.
+            # Plain PostgreSQL: a savepoint, so a row outside the known partitions (an old log, a skewed clock)
+            # costs one retry with the partitions created, not a per-row check of every batch. TimescaleDB makes
+            # its chunks itself: no savepoint, two round trips fewer.
+            savepoint = conn.transaction()
             try:
-                with conn.transaction(), cur.copy(_COPY_SQL) as copy:
+                with savepoint, cur.copy(_COPY_SQL) as copy:
                     copy.set_types(_COPY_TYPES)
                     add = copy.write_row
                     for s in samples:
@@ -419,23 +441,37 @@ class _Store:
 
 
 class TelemetryWriter:
-    """Async front of the writer; see the module docstring for the flow and the guarantees."""
+    """Async front of the writer; see the module docstring for the flow and the guarantees.
+
+    The database side is one worker thread that takes its next batch itself, from a queue guarded by a lock:
+    between two commits it never waits for the event loop. (It used to be handed each batch by a task on the
+    loop; under a burst of ingest every hop of that hand-over waited behind the loop's other work, and the
+    database sat idle 40-80 ms between batches.) The loop only queues rows and runs the ``ack`` callbacks,
+    which the worker posts back to it in commit order.
+    """
 
     def __init__(self, dsn: str, settings: WriterSettings | None = None) -> None:
         self.settings = settings or WriterSettings()
         self.stats = WriterStats()
         self._store = _Store(dsn)
         self._spool: Spool | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="patrolgate-writer")
-        self._pending: deque[tuple[float, Batch, list[Ack]]] = deque()
+        # Shared with the worker thread, guarded by ``_work``: the queue and the stopping flag.
+        self._work = threading.Condition(threading.Lock())
+        self._pending: deque[tuple[float, Batch, list[Ack], int]] = deque()  # (queued at, rows, acks, submits)
         self._pending_rows = 0
         self._pending_acks = 0
-        self._changed: asyncio.Condition | None = None
-        self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self._inflight = 0
+        # Worker-thread only.
         self._backoff_s = self.settings.backoff_initial_s
         self._next_attempt = 0.0
+        # Event-loop only.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._finished: asyncio.Future[None] | None = None
+        self._room: asyncio.Event | None = None  # set when the worker took rows off a full queue
+        self._settled: asyncio.Event | None = None  # set when a batch's acks have run
+        self._unsettled = 0  # submits whose batch is not committed or spooled yet
+        self._failure: BaseException | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 
@@ -445,28 +481,29 @@ class TelemetryWriter:
         spool_dir = self.settings.spool_dir or tempfile.mkdtemp(prefix="patrolgate-spool-")
         self._spool = Spool(spool_dir, max_bytes=self.settings.spool_max_bytes)
         self.stats.spool_pending_batches = self._spool.pending
-        self._changed = asyncio.Condition()
-        loop = asyncio.get_running_loop()
+        self._loop = asyncio.get_running_loop()
+        self._room, self._settled = asyncio.Event(), asyncio.Event()
+        self._finished = self._loop.create_future()
         try:
-            await loop.run_in_executor(self._executor, self._store.connect)
+            await asyncio.to_thread(self._store.connect)
             self.stats.db_up = True
         except Exception as exc:
             if not is_transient(exc):
                 raise
             log.warning("database not reachable at start (%s); spooling until it is", exc)
             self.stats.db_up = False
-        self._task = asyncio.create_task(self._run(), name="patrolgate-writer")
+        self._thread = threading.Thread(target=self._worker, name="patrolgate-writer", daemon=True)
+        self._thread.start()
 
     async def stop(self) -> None:
         """Flush everything queued (to the database, or to the spool if it is down), then close."""
-        self._stopping = True
-        if self._changed is not None:
-            async with self._changed:
-                self._changed.notify_all()
-        if self._task is not None:
-            await self._task
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._store.close)
-        self._executor.shutdown(wait=True)
+        with self._work:
+            self._stopping = True
+            self._work.notify()
+        if self._finished is not None:
+            await asyncio.shield(self._finished)
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
 
     # -- producers ------------------------------------------------------------------------------------------
 
@@ -480,63 +517,99 @@ class TelemetryWriter:
         ack: Ack | None = None,
     ) -> None:
         """Queue rows; blocks while the queue is full. ``ack`` fires once they are committed or spooled."""
-        assert self._changed is not None, "start() the writer first"
+        assert self._room is not None, "start() the writer first"
         self._check_alive()
-        rows = len(samples) + len(events) + len(rejections) + len(vehicles)
-        async with self._changed:
-            while self._pending_rows >= self.settings.queue_max_rows and not self._stopping:
-                self._check_alive()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(1.0):
-                        await self._changed.wait()
-            batch = Batch(list(samples), list(events), list(rejections), list(vehicles))
-            self._pending.append((time.monotonic(), batch, [ack] if ack else []))
+        while self._pending_rows >= self.settings.queue_max_rows and not self._stopping:
+            self._room.clear()
+            if self._pending_rows < self.settings.queue_max_rows:  # the worker took some meanwhile
+                break
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._room.wait()
+            self._check_alive()
+        batch = Batch(list(samples), list(events), list(rejections), list(vehicles))
+        rows = batch.rows
+        self._unsettled += 1
+        with self._work:
+            was_idle = not self._pending
+            self._pending.append((time.monotonic(), batch, [ack] if ack else [], 1))
             self._pending_rows += rows
+            first_ack = ack is not None and not self._pending_acks
             if ack is not None:
                 self._pending_acks += 1
-                self._changed.notify_all()
             self.stats.queued += len(samples)
-            if self._pending_rows >= self.settings.batch_rows:
-                self._changed.notify_all()
+            # Wake the worker only when its deadline moves: a first entry, a first waiting ack, a full batch.
+            if was_idle or first_ack or self._pending_rows >= self.settings.batch_rows:
+                self._work.notify()
 
     async def flush(self) -> None:
-        """Wait until everything submitted so far is committed or spooled."""
-        assert self._changed is not None
-        async with self._changed:
-            self._changed.notify_all()
-            while self._pending or self._inflight:
-                self._check_alive()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(1.0):
-                        await self._changed.wait()
+        """Wait until everything submitted so far is committed or spooled, and its acks have run."""
+        assert self._settled is not None
+        while self._unsettled:
+            self._check_alive()
+            self._settled.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._settled.wait()
 
     def _check_alive(self) -> None:
-        """Surface a crashed flush loop to producers instead of letting them wait forever."""
-        if self._task is not None and self._task.done() and not self._stopping:
-            exc = self._task.exception()
-            raise RuntimeError(f"the telemetry writer stopped: {exc!r}") from exc
+        """Surface a crashed worker to producers instead of letting them wait forever."""
+        if self._failure is not None and not self._stopping:
+            raise RuntimeError(f"the telemetry writer stopped: {self._failure!r}") from self._failure
 
     @property
     def backlog_rows(self) -> int:
         return self._pending_rows
 
-    # -- the flush loop -------------------------------------------------------------------------------------
+    # -- back on the event loop -----------------------------------------------------------------------------
 
-    def _take_batch(self) -> tuple[Batch, list[Ack]]:
+    def _post(self, callback: Callable[..., None], *args: Any) -> None:
+        """Run ``callback(*args)`` on the event loop, in order with everything posted before it."""
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is left to tell
+            self._loop.call_soon_threadsafe(callback, *args)
+
+    def _settle(self, acks: list[Ack], parts: int) -> None:
+        for ack in acks:
+            try:
+                ack()
+            except Exception:  # an ack callback must never stop the writer
+                log.exception("ack callback failed")
+        self._unsettled -= parts
+        assert self._settled is not None
+        self._settled.set()
+
+    def _room_made(self) -> None:
+        assert self._room is not None
+        self._room.set()
+
+    def _worker_finished(self, failure: BaseException | None) -> None:
+        self._failure = failure
+        assert self._finished is not None and self._room is not None and self._settled is not None
+        self._room.set()
+        self._settled.set()
+        if not self._finished.done():
+            self._finished.set_result(None)
+
+    # -- the worker thread: takes batches, writes them --------------------------------------------------------
+
+    def _take_batch(self) -> tuple[Batch, list[Ack], int]:
+        """Under ``_work``: merge queued parts up to ``batch_rows`` rows; returns the batch, its acks, its submits."""
         merged = Batch()
         acks: list[Ack] = []
-        taken = 0
+        taken = parts = 0
         while self._pending and (taken < self.settings.batch_rows or not merged.rows):
-            _, part, part_acks = self._pending.popleft()
+            _, part, part_acks, part_submits = self._pending.popleft()
             merged.samples += part.samples
             merged.events += part.events
             merged.rejections += part.rejections
             merged.vehicles += part.vehicles
             acks += part_acks
             taken += part.rows
+            parts += part_submits
         self._pending_rows -= taken
         self._pending_acks -= len(acks)
-        return merged, acks
+        return merged, acks, parts
 
     def _due(self) -> bool:
         """A batch is due when full or old enough; sooner when a producer waits for an ack (group commit).
@@ -556,9 +629,8 @@ class TelemetryWriter:
     def _retry_due(self) -> bool:
         return bool(self._spool and self._spool.pending) and time.monotonic() >= self._next_attempt
 
-    async def _wait_for_work(self) -> None:
-        """Sleep on the condition until a batch is due, a spool retry is due, or we are stopping."""
-        assert self._changed is not None
+    def _wait_for_work(self) -> None:
+        """Under ``_work``: sleep until a batch is due, a spool retry is due, or we are stopping."""
         while not (self._due() or self._stopping or self._retry_due()):
             now = time.monotonic()
             timeout = self.settings.flush_interval_s
@@ -566,46 +638,43 @@ class TelemetryWriter:
                 timeout = self._pending[0][0] + self._max_age() - now
             if self._spool and self._spool.pending:
                 timeout = min(timeout, self._next_attempt - now)
-            # asyncio.timeout, not wait_for: wait_for runs the wait as a task of its own on Python 3.11, and each
-            # extra hop costs an event-loop turn, which under a burst of ingest is milliseconds.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.005, timeout)):
-                    await self._changed.wait()
+            self._work.wait(max(0.001, timeout))
 
-    async def _run(self) -> None:
-        assert self._changed is not None
-        loop = asyncio.get_running_loop()
+    def _worker(self) -> None:
+        failure: BaseException | None = None
+        try:
+            self._work_until_stopped()
+        except BaseException as exc:  # surfaced to producers by _check_alive
+            failure = exc
+            log.exception("the telemetry writer stopped")
+        finally:
+            with contextlib.suppress(Exception):
+                self._store.close()
+            self._post(self._worker_finished, failure)
+
+    def _work_until_stopped(self) -> None:
         while True:
-            async with self._changed:
-                await self._wait_for_work()
+            with self._work:
+                self._wait_for_work()
                 if self._stopping and not self._pending:
                     break
-                batch, acks = self._take_batch() if self._due() else (Batch(), [])
-                self._inflight += 1
-                self._changed.notify_all()  # room in the queue: wake blocked producers
+                batch, acks, parts = self._take_batch() if self._due() else (Batch(), [], 0)
+            if parts:
+                self._post(self._room_made)
             try:
-                await loop.run_in_executor(self._executor, self._persist, batch)
+                self._persist(batch)
             except SpoolFullError:
                 # Nowhere to put it: keep it at the head of the queue and wait for the database.
-                async with self._changed:
-                    self._pending.appendleft((time.monotonic(), batch, acks))
+                with self._work:
+                    self._pending.appendleft((time.monotonic(), batch, acks, parts))
                     self._pending_rows += batch.rows
                     self._pending_acks += len(acks)
-                acks = []
-                await asyncio.sleep(min(1.0, self._backoff_s))
-            finally:
-                async with self._changed:
-                    self._inflight -= 1
-                    self._changed.notify_all()
-            for ack in acks:
-                try:
-                    ack()
-                except Exception:  # an ack callback must never stop the writer
-                    log.exception("ack callback failed")
+                    self._work.wait(min(1.0, self._backoff_s))
+                continue
+            if parts:
+                self._post(self._settle, acks, parts)
         if self._spool and self._spool.pending and self.stats.db_up:
-            await loop.run_in_executor(self._executor, self._drain_spool)
-
-    # -- worker thread --------------------------------------------------------------------------------------
+            self._drain_spool()
 
     def _persist(self, batch: Batch) -> None:
         """Runs in the worker thread: drain the spool if possible, then write or spool ``batch``."""

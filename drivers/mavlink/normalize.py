@@ -200,7 +200,7 @@ class DroneState:
         return Sample(
             now, self.vehicle, self.kind, lat, lon, vehicle_time, alt, alt_rel_m, heading_deg, speed_mps, climb,
             self.roll_deg, self.pitch_deg, self.yaw_deg, self.battery_pct, self.battery_v, self.mode, self.armed,
-            self.gps_fix, self.satellites, self.link_quality_pct, extra or None, self.source,
+            self.gps_fix, self.satellites, self.link_quality_pct, None, None, None, None, extra or None, self.source,
         )
 
 

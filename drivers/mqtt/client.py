@@ -123,7 +123,9 @@ class MqttClient:
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._reading = False
-        self._paused = False
+        self._paused = False  # not reading, for any of the three reasons below
+        self._flow_paused = False  # too many messages unacknowledged
+        self._held = False  # the consumer has enough queued (``hold``)
         self._reading_stopped = False
         self._fd: int | None = None
         self._loop_thread = 0
@@ -370,7 +372,7 @@ class MqttClient:
             if self.unacked >= limit:
                 # MQTT 3.1.1 has no Receive Maximum, and a broker may not honour it (mosquitto 2.0 with
                 # max_inflight_messages 0): stop reading, TCP pushes back, the broker keeps the rest queued.
-                if not self._paused:
+                if not self._flow_paused:
                     self.stats["flow_pauses"] += 1
                 self.pause(True)
         self.on_message(msg)
@@ -393,14 +395,26 @@ class MqttClient:
     # -- operations --------------------------------------------------------------------------------------
 
     def pause(self, paused: bool) -> None:
-        """Stop (or restart) reading from the broker; unacknowledged messages then stay queued there."""
-        self._paused = paused or self._reading_stopped
+        """Stop (or restart) reading for flow control; unacknowledged messages then stay queued at the broker."""
+        self._flow_paused = paused
+        self._update_reading()
+
+    def hold(self, held: bool) -> None:
+        """Stop (or restart) reading because the consumer has enough on its hands (the driver's unflushed queue).
+
+        Independent of flow control: reading resumes only when neither holds it back.
+        """
+        self._held = held
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        self._paused = self._flow_paused or self._held or self._reading_stopped
         self._set_reading(not self._paused)
 
     def stop_reading(self) -> None:
         """Read nothing more until ``stop()``, whatever gets acknowledged meanwhile (the driver's shutdown)."""
         self._reading_stopped = True
-        self.pause(True)
+        self._update_reading()
 
     def ack(self, mid: int, qos: int) -> None:
         """Acknowledge a received QoS 1 message (PUBACK) once its data is durable."""
@@ -418,7 +432,7 @@ class MqttClient:
     def _acked(self, count: int) -> None:
         self.stats["acked"] += count
         self.unacked = max(0, self.unacked - count)
-        if self._paused and self.unacked < self.max_inflight // 2:
+        if self._flow_paused and self.unacked < self.max_inflight // 2:
             self.pause(False)
 
     async def subscribe(self, topics: list[str], qos: int = 1, timeout_s: float = 10.0) -> None:

@@ -39,9 +39,9 @@ VEHICLE_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _KINDS = {"patrol_car": VehicleKind.PATROL_CAR, "drone": VehicleKind.DRONE}
 
-# contract field -> (Sample attribute or None for extra, accepted JSON types)
+# contract field -> (Sample attribute, accepted JSON types)
 _NUM = (int, float)
-_FIELDS: dict[str, tuple[str | None, tuple[type, ...]]] = {
+_FIELDS: dict[str, tuple[str, tuple[type, ...]]] = {
     "alt_m": ("alt_msl_m", _NUM),
     "alt_rel_m": ("alt_rel_m", _NUM),
     "speed_mps": ("ground_speed_mps", _NUM),
@@ -57,16 +57,14 @@ _FIELDS: dict[str, tuple[str | None, tuple[type, ...]]] = {
     "gps_fix": ("gps_fix", (int,)),
     "satellites": ("satellites", (int,)),
     "link_quality_pct": ("link_quality_pct", _NUM),
-    "fuel_pct": (None, _NUM),
-    "odometer_m": (None, _NUM),
-    "rssi_dbm": (None, _NUM),
-    "seq": (None, (int,)),
+    "fuel_pct": ("fuel_pct", _NUM),
+    "odometer_m": ("odometer_m", _NUM),
+    "rssi_dbm": ("rssi_dbm", _NUM),
+    "seq": ("seq", (int,)),
 }
 _CORE = {"v", "ts", "lat", "lon", "kind"}
-#: Keys that become Sample attributes; everything else (contract extras and unknown keys) goes to ``extra``.
-_MAPPED = _CORE | {name for name, (attr, _) in _FIELDS.items() if attr is not None}
-#: Contract fields kept in ``extra`` but still type-checked.
-_EXTRA_TYPED = tuple(name for name, (attr, _) in _FIELDS.items() if attr is None)
+#: Keys that become Sample attributes; everything else (keys the contract does not name) goes to ``extra``.
+_MAPPED = _CORE | set(_FIELDS)
 
 
 class ContractError(ValueError):
@@ -134,10 +132,19 @@ def _ts(doc: dict[str, Any]) -> datetime:
 _NUM_TYPES = (int, float)  # checked with type(): bool is an int subclass but not a number here
 
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
 def _field(doc: dict[str, Any], name: str, types: tuple[type, ...]) -> Any:
     value = doc.get(name)
-    if value is None or type(value) in types:
-        return float(value) if value is not None and types is _NUM_TYPES else value
+    if value is None:
+        return None
+    if type(value) in types:
+        if types is _NUM_TYPES:
+            return float(value)
+        if type(value) is int and not _INT64_MIN <= value <= _INT64_MAX:  # the database's bigint, as _Int64
+            raise ContractError(f"wrong_type:{name}", f"{value} does not fit in 64 bits")
+        return value
     raise ContractError(f"wrong_type:{name}", f"got {type(value).__name__}")
 
 
@@ -154,9 +161,6 @@ def _sample(doc: Any, vehicle: str, received: datetime, source: str, raw: bytes)
         raise ContractError("wrong_type:kind", f"expected 'patrol_car' or 'drone', got {kind_name!r}")
     num, text, boolean, integer = _NUM_TYPES, (str,), (bool,), (int,)
     extra = {k: v for k, v in doc.items() if k not in _MAPPED and v is not None}
-    for name in _EXTRA_TYPED:
-        if name in extra and type(extra[name]) not in _FIELDS[name][1]:
-            raise ContractError(f"wrong_type:{name}", f"got {type(extra[name]).__name__}")
     return Sample(
         received, vehicle, kind, lat, lon, vehicle_time,
         _field(doc, "alt_m", num), _field(doc, "alt_rel_m", num), _field(doc, "heading_deg", num),
@@ -164,21 +168,22 @@ def _sample(doc: Any, vehicle: str, received: datetime, source: str, raw: bytes)
         _field(doc, "pitch_deg", num), _field(doc, "yaw_deg", num), _field(doc, "battery_pct", num),
         _field(doc, "battery_v", num), _field(doc, "mode", text), _field(doc, "armed", boolean),
         _field(doc, "gps_fix", integer), _field(doc, "satellites", integer), _field(doc, "link_quality_pct", num),
-        extra or None, source, raw,
+        _field(doc, "odometer_m", num), _field(doc, "fuel_pct", num), _field(doc, "rssi_dbm", num),
+        _field(doc, "seq", integer), extra or None, source, raw,
     )
 
 
 #: JSON integers the careful path keeps as integers: orjson turns wider ones into floats, and an integer wider
 #: than 64 bits could not be written to the database or the spool (it crashed the writer before this bound).
-_Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+_Int64 = Annotated[int, msgspec.Meta(ge=_INT64_MIN, le=_INT64_MAX)]
 
 
-def _wire_type(attr: str | None, types: tuple[type, ...]) -> Any:
+def _wire_type(types: tuple[type, ...]) -> Any:
     """The msgspec type of a ``_FIELDS`` entry, with the careful path's rules (see ``_WireSample``)."""
     if types == (int,):
         return _Int64 | None
     if types is _NUM:
-        return _Int64 | float | None if attr is None else float | None  # extras keep an integer an integer
+        return float | None
     (single,) = types
     return single | None
 
@@ -192,7 +197,7 @@ def _wire_type(attr: str | None, types: tuple[type, ...]) -> Any:
 _WireSample = msgspec.defstruct(
     "_WireSample",
     [("v", int), ("ts", _Int64), ("lat", float), ("lon", float), ("kind", str, "patrol_car")]
-    + [(name, _wire_type(attr, types), None) for name, (attr, types) in _FIELDS.items()],
+    + [(name, _wire_type(types), None) for name, (_, types) in _FIELDS.items()],
     forbid_unknown_fields=True,
 )
 
@@ -211,21 +216,17 @@ def _fast_samples(payload: bytes, vehicle: str, received: datetime, source: str)
     if not wires or len(wires) > MAX_BATCH:
         return None
     out: list[Sample] = []
-    kinds, epoch, ms, extras = _KINDS, _EPOCH, _MS, _EXTRA_TYPED
+    kinds, epoch, ms = _KINDS, _EPOCH, _MS
     try:
         for w in wires:
             kind = kinds.get(w.kind)
             if kind is None or w.v != CONTRACT_VERSION:
                 return None
-            extra: dict[str, Any] = {}
-            for name in extras:
-                value = getattr(w, name)
-                if value is not None:
-                    extra[name] = value
             out.append(Sample(
                 received, vehicle, kind, w.lat, w.lon, epoch + w.ts * ms, w.alt_m, w.alt_rel_m, w.heading_deg,
                 w.speed_mps, w.climb_mps, w.roll_deg, w.pitch_deg, w.yaw_deg, w.battery_pct, w.battery_v, w.mode,
-                w.armed, w.gps_fix, w.satellites, w.link_quality_pct, extra or None, source, payload,
+                w.armed, w.gps_fix, w.satellites, w.link_quality_pct, w.odometer_m, w.fuel_pct, w.rssi_dbm, w.seq,
+                None, source, payload,
             ))
     except OverflowError:  # a ts beyond datetime's range: the careful path words the error
         return None

@@ -71,6 +71,10 @@ class MqttOptions:
     silence_timeout_s: float = 30.0
     command_timeout_s: float = 10.0
     flush_interval_s: float = 0.02
+    #: Decoded samples waiting for the pipeline at most; past it the driver stops reading until they are handed
+    #: on (the broker keeps the rest). Keeps hand-overs small and steady: unbounded, reading ran ahead of
+    #: validation, hand-overs snowballed to 100,000 samples and the writer sat idle while they were validated.
+    max_pending_samples: int = 10_000
     #: On stop, how long to wait for the commit of the last messages before disconnecting (they are
     #: redelivered at the next start otherwise, and stored then as duplicates).
     stop_ack_timeout_s: float = 5.0
@@ -178,7 +182,11 @@ class MqttDriver(Driver):
             log.exception("MQTT message on %s could not be handled", topic_name)
             self._reject(ContractError("internal_error", f"{type(exc).__name__}: {exc}"), topic_name, payload)
         # Hand on in pieces: a big emit is validated in one go on the loop, and the writer waits for that turn.
-        if len(self._to_ack) >= 200 or len(self._samples) >= 2000:
+        pending = len(self._samples)
+        if len(self._to_ack) >= 200 or pending >= 2000:
+            self._wake.set()
+        if pending >= self.options.max_pending_samples and self._client is not None:
+            self._client.hold(True)  # released by the next hand-over
             self._wake.set()
 
     def _allowed(self, vehicle: str) -> bool:
@@ -255,6 +263,8 @@ class MqttDriver(Driver):
         vehicles, self._new_vehicles = self._new_vehicles, []
         to_ack, self._to_ack = self._to_ack, []
         client = self._client
+        if client is not None:
+            client.hold(False)  # read on while this hand-over is validated and queued
 
         def ack() -> None:
             self._acks_outstanding -= 1

@@ -1,7 +1,8 @@
 """A deterministic, realistic fleet of samples for the ingest benchmark.
 
-The mix: 20 % drones reporting at 5 Hz with attitude, climb and home altitude, 80 % patrol cars at 1 Hz with
-odometer and signal strength in ``extra`` (every tenth car sample), all moving around a district centre.
+The mix: 20 % drones reporting at 5 Hz with attitude, climb and, as the MAVLink driver gives them, autopilot
+boot time and HDOP in ``extra``; 80 % patrol cars at 1 Hz with odometer, signal strength and message counter;
+all moving around a district centre.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def fleet_mix(rows: int, *, vehicles: int = 1000, seed: int = 7, chunk: int = 10
                     ground_speed_mps=9.5 + rng.uniform(-0.5, 0.5), climb_mps=rng.uniform(-0.3, 0.3),
                     roll_deg=rng.uniform(-5, 5), pitch_deg=rng.uniform(-8, 0), yaw_deg=rng.uniform(-180, 180),
                     battery_pct=max(0.0, 95.0 - tick * 0.001), battery_v=24.2, mode="AUTO", armed=True,
-                    gps_fix=3, satellites=16, link_quality_pct=98.0, source="mavlink:bench",
+                    gps_fix=3, satellites=16, link_quality_pct=98.0, extra={"time_boot_ms": tick * 200, "hdop": 0.7},
+                    source="mavlink:bench",
                 )
             else:
                 sample = Sample(
@@ -54,7 +56,7 @@ def fleet_mix(rows: int, *, vehicles: int = 1000, seed: int = 7, chunk: int = 10
                     vehicle_time=now - timedelta(milliseconds=80), alt_msl_m=4.0,
                     heading_deg=(math.degrees(angle) % 360.0), ground_speed_mps=8.3 + rng.uniform(-1, 1),
                     battery_pct=76.0, battery_v=48.1, mode="patrol", gps_fix=3, satellites=14,
-                    extra={"odometer_m": 12000.0 + tick, "rssi_dbm": -71} if tick % 10 == 0 else None,
+                    odometer_m=12000.0 + tick * 8.3, rssi_dbm=-71.0, seq=tick,
                     source="mqtt:bench",
                 )
             out.append(sample)

@@ -58,7 +58,8 @@ def test_single_sample_fields_and_units() -> None:
     assert s.vehicle_time == datetime(2025, 11, 28, 12, 0, 0, 123000, tzinfo=UTC)
     assert s.time == NOW
     assert (s.battery_pct, s.battery_v, s.mode, s.gps_fix, s.satellites) == (76.5, 48.1, "patrol", 3, 14)
-    assert s.extra == {"seq": 1234, "odometer_m": 12345.6, "rssi_dbm": -71}
+    assert (s.seq, s.odometer_m, s.fuel_pct, s.rssi_dbm) == (1234, 12345.6, None, -71.0)
+    assert s.extra is None  # every key of this payload is a contract field
     assert s.raw == _data("telemetry_single.json")
 
 

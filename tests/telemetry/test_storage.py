@@ -168,3 +168,33 @@ async def test_timescaledb_compressed_chunks_still_take_late_samples(db: str, tm
     assert query(db, "SELECT count(*), count(DISTINCT vehicle_key) FROM telemetry") == [(401, 5)]
     assert query(db, "SELECT battery_pct FROM telemetry WHERE time = %s", old + timedelta(seconds=1000)) == [(42.0,)]
     assert query(db, "SELECT sum(samples) FROM telemetry_1m") == [(401,)]
+
+
+def test_migration_3_moves_car_fields_out_of_extra(db_backend: str, request: pytest.FixtureRequest) -> None:
+    """Rows stored by schema 2 kept odometer, fuel, RSSI and seq in ``extra``; schema 3 moves them into their
+    columns (on TimescaleDB also in a compressed chunk), leaves other keys, and empties ``extra`` to NULL."""
+    server: EmbeddedPostgres = request.getfixturevalue("tsdb_server" if db_backend == "timescaledb" else "pg_server")
+    dsn = fresh_database(server.dsn, f"mig3_{db_backend}")
+    settings = storage.StorageSettings(backend=db_backend)  # type: ignore[arg-type]
+    assert storage.upgrade(dsn, settings, up_to=2) == [1, 2]
+    t0 = datetime.now(UTC) - timedelta(days=20)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        (key,) = conn.execute("INSERT INTO vehicles (id, kind) VALUES ('car-01', 'patrol_car') RETURNING key"
+                              ).fetchone()  # type: ignore[misc]
+        if db_backend == "postgresql":
+            storage.ensure_partitions(conn, {t0.date()})
+        extras = ['{"seq": 7, "odometer_m": 1234.5, "fuel_pct": 55, "rssi_dbm": -71}',
+                  '{"seq": 8, "siren": true}', None]
+        for i, extra in enumerate(extras):
+            conn.execute("INSERT INTO telemetry (time, vehicle_key, received_at, lat, lon, extra) "
+                         "VALUES (%s, %s, %s, 31.2, 121.4, %s::jsonb)", (t0 + timedelta(seconds=i), key, t0, extra))
+        conn.execute("INSERT INTO vehicle_latest (vehicle_key, time, received_at, extra) VALUES (%s, %s, %s, %s)",
+                     (key, t0, t0, extras[0]))
+        if db_backend == "timescaledb":
+            conn.execute("SELECT compress_chunk(c) FROM show_chunks('telemetry') c")
+    assert storage.upgrade(dsn, settings) == list(range(3, storage.SCHEMA_VERSION + 1))
+    rows = query(dsn, "SELECT seq, odometer_m, fuel_pct, rssi_dbm, extra FROM telemetry ORDER BY time")
+    assert rows == [(7, 1234.5, 55.0, -71.0, None), (8, None, None, None, {"siren": True}),
+                    (None, None, None, None, None)]
+    assert query(dsn, "SELECT seq, odometer_m, fuel_pct, rssi_dbm, extra FROM vehicle_latest") == [
+        (7, 1234.5, 55.0, -71.0, None)]

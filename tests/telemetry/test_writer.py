@@ -4,6 +4,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import orjson
 import pytest
 from helpers import make_sample, query
 
@@ -132,7 +133,7 @@ async def test_a_row_no_encoder_can_write_is_kept_as_its_repr_and_the_writer_goe
     await writer.start()
     t0 = datetime.now(UTC) - timedelta(minutes=1)
     samples = [make_sample("car-01", t0 + timedelta(seconds=i)) for i in range(5)]
-    samples[2].extra = {"odometer_m": 10**30}
+    samples[2].extra = {"wheel_ticks": 10**30}
     await writer.submit(samples)
     await writer.flush()
     await writer.submit([make_sample("car-01", t0 + timedelta(seconds=9))])
@@ -143,18 +144,28 @@ async def test_a_row_no_encoder_can_write_is_kept_as_its_repr_and_the_writer_goe
 
 
 async def test_backpressure_blocks_producers_when_the_queue_is_full(db: str, tmp_path: Path) -> None:
+    """While the database holds the worker (another session locks the table), the queue fills to
+    ``queue_max_rows`` and the next submit waits; it goes on once the worker takes rows off."""
+    import psycopg
+
+    storage.upgrade(db)
     writer = TelemetryWriter(db, _settings(tmp_path, queue_max_rows=100, batch_rows=50, flush_interval_s=5.0))
-    writer._executor.submit(lambda: __import__("time").sleep(0.5))  # keep the worker busy for a moment
     await writer.start()
     t0 = datetime.now(UTC) - timedelta(minutes=1)
-    for i in range(100):
-        await writer.submit([make_sample("car-01", t0 + timedelta(milliseconds=i))])
-    blocked = asyncio.create_task(writer.submit([make_sample("car-01", t0 + timedelta(seconds=1))]))
-    await asyncio.sleep(0.05)
-    assert writer.backlog_rows <= 100
+    await writer.submit([make_sample("car-01", t0 - timedelta(seconds=1))])
+    await writer.flush()  # car-01 registered, partitions made: the next COPY waits only for the lock
+    with psycopg.connect(db) as locker:
+        locker.execute("LOCK TABLE telemetry IN ACCESS EXCLUSIVE MODE")
+        for i in range(150):  # the worker takes the first 50 and blocks on the lock; 100 fill the queue
+            await writer.submit([make_sample("car-01", t0 + timedelta(milliseconds=i))])
+        blocked = asyncio.create_task(writer.submit([make_sample("car-01", t0 + timedelta(seconds=1))]))
+        await asyncio.sleep(0.2)
+        assert not blocked.done()
+        assert writer.backlog_rows == 100
+        locker.rollback()
     await asyncio.wait_for(blocked, 5)
     await writer.stop()
-    assert query(db, "SELECT count(*) FROM telemetry") == [(101,)]
+    assert query(db, "SELECT count(*) FROM telemetry") == [(152,)]
 
 
 async def test_database_down_mid_stream_every_sample_exactly_once(tmp_path: Path) -> None:
@@ -208,7 +219,7 @@ async def test_spool_left_by_a_crash_is_replayed_at_start_without_duplicates(db:
     pending = Batch(samples=[make_sample("car-01", t0 + timedelta(seconds=10 + i)) for i in range(4)])
     first = TelemetryWriter(db, _settings(tmp_path))
     await first.start()
-    await asyncio.get_running_loop().run_in_executor(first._executor, first._write, committed)
+    await asyncio.to_thread(first._write, committed)  # the worker is idle: nothing is queued
     await first.stop()
     spool = Spool(tmp_path / "spool")
     spool.append(committed.encode())
@@ -234,3 +245,18 @@ def test_batch_encoding_round_trip() -> None:
     )
     again = Batch.decode(batch.encode())
     assert again == batch
+
+
+def test_a_spool_record_of_the_first_format_still_decodes() -> None:
+    """Records spooled before samples had odometer/fuel/RSSI/seq fields (they were in ``extra``, and records
+    did not name their fields) replay after an upgrade, with those values in their fields."""
+    t = datetime(2026, 11, 28, 1, 2, 3, 456789, tzinfo=UTC)
+    v1_sample = [t.isoformat(), "car-1", "patrol_car", 31.2, 121.4, None, 4.0, None, 90.0, 8.3, None, None, None,
+                 None, 76.5, 48.1, "patrol", None, 3, 14, None,
+                 {"seq": 7, "odometer_m": 1234.5, "rssi_dbm": -71, "siren": True}, "mqtt:x"]
+    record = orjson.dumps({"id": "8a0b4f3e-6a1f-4c55-9a38-0e7b8d2f0c11", "samples": [v1_sample], "events": [],
+                           "rejections": [], "vehicles": []})
+    [s] = Batch.decode(record).samples
+    assert (s.vehicle, s.time, s.lat_deg, s.ground_speed_mps, s.mode, s.source) == (
+        "car-1", t, 31.2, 8.3, "patrol", "mqtt:x")
+    assert (s.seq, s.odometer_m, s.fuel_pct, s.rssi_dbm, s.extra) == (7, 1234.5, None, -71, {"siren": True})
