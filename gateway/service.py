@@ -191,9 +191,14 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        writer_failure: BaseException | None = None
         if self.writer is not None:
-            await self.writer.stop()
-            log.info("writer flushed: %s", self.writer.stats.as_dict())
+            try:
+                await self.writer.stop()
+                log.info("writer flushed: %s", self.writer.stats.as_dict())
+            except Exception as exc:  # rows may be lost: shut the rest down, then say so
+                log.exception("the writer failed while flushing: %s", self.writer.stats.as_dict())
+                writer_failure = exc
             self.writer = None
         if self._broker is not None:
             await asyncio.to_thread(self._broker.stop)
@@ -202,6 +207,8 @@ class Gateway:
             await asyncio.to_thread(self._pg.stop)
             self._pg = None
         self._stopped.set()
+        if writer_failure is not None:
+            raise writer_failure
 
     async def run_until_signalled(self) -> None:
         """Start, run until SIGTERM or SIGINT, then stop cleanly (flushing everything)."""

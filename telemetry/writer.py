@@ -263,9 +263,9 @@ class _Store:
         self.conn.adapters.register_dumper(None, _JsonbCopyDumper)
         with self.conn.transaction():
             self.backend = storage.current_backend(self.conn)
+            if self.backend is None:
+                raise RuntimeError("the database has no patrolgate schema; run `patrolgate db upgrade` first")
             self.keys = dict(self.conn.execute("SELECT id, key FROM vehicles").fetchall())
-        if self.backend is None:
-            raise RuntimeError("the database has no patrolgate schema; run `patrolgate db upgrade` first")
 
         self.partition_days = set()
 
@@ -461,6 +461,7 @@ class TelemetryWriter:
         self._pending_rows = 0
         self._pending_acks = 0
         self._stopping = False
+        self._closed = False  # set by the worker, in the same hold of the lock as its last look at the queue
         # Worker-thread only.
         self._backoff_s = self.settings.backoff_initial_s
         self._next_attempt = 0.0
@@ -482,16 +483,18 @@ class TelemetryWriter:
         self._spool = Spool(spool_dir, max_bytes=self.settings.spool_max_bytes)
         self.stats.spool_pending_batches = self._spool.pending
         self._loop = asyncio.get_running_loop()
-        self._room, self._settled = asyncio.Event(), asyncio.Event()
-        self._finished = self._loop.create_future()
         try:
             await asyncio.to_thread(self._store.connect)
             self.stats.db_up = True
         except Exception as exc:
             if not is_transient(exc):
+                self._store.close()  # connect() may fail after opening the connection
                 raise
             log.warning("database not reachable at start (%s); spooling until it is", exc)
             self.stats.db_up = False
+        # Only now: after a failed start, stop() has nothing to wait for and submit() refuses.
+        self._room, self._settled = asyncio.Event(), asyncio.Event()
+        self._finished = self._loop.create_future()
         self._thread = threading.Thread(target=self._worker, name="patrolgate-writer", daemon=True)
         self._thread.start()
 
@@ -504,6 +507,8 @@ class TelemetryWriter:
             await asyncio.shield(self._finished)
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
+        if self._failure is not None:  # rows queued at stop() may be neither stored nor spooled: say so
+            raise RuntimeError(f"the telemetry writer stopped: {self._failure!r}") from self._failure
 
     # -- producers ------------------------------------------------------------------------------------------
 
@@ -529,8 +534,10 @@ class TelemetryWriter:
             self._check_alive()
         batch = Batch(list(samples), list(events), list(rejections), list(vehicles))
         rows = batch.rows
-        self._unsettled += 1
         with self._work:
+            if self._closed:  # the worker is gone (stopped or crashed): nobody would ever take these rows
+                raise RuntimeError("the telemetry writer is stopped") from self._failure
+            self._unsettled += 1
             was_idle = not self._pending
             self._pending.append((time.monotonic(), batch, [ack] if ack else [], 1))
             self._pending_rows += rows
@@ -554,7 +561,7 @@ class TelemetryWriter:
 
     def _check_alive(self) -> None:
         """Surface a crashed worker to producers instead of letting them wait forever."""
-        if self._failure is not None and not self._stopping:
+        if self._failure is not None:
             raise RuntimeError(f"the telemetry writer stopped: {self._failure!r}") from self._failure
 
     @property
@@ -648,6 +655,8 @@ class TelemetryWriter:
             failure = exc
             log.exception("the telemetry writer stopped")
         finally:
+            with self._work:
+                self._closed = True
             with contextlib.suppress(Exception):
                 self._store.close()
             self._post(self._worker_finished, failure)
@@ -657,6 +666,7 @@ class TelemetryWriter:
             with self._work:
                 self._wait_for_work()
                 if self._stopping and not self._pending:
+                    self._closed = True  # under the lock submit() appends with: nothing can slip in after
                     break
                 batch, acks, parts = self._take_batch() if self._due() else (Batch(), [], 0)
             if parts:
@@ -744,14 +754,14 @@ class TelemetryWriter:
         self._backoff_s = self.settings.backoff_initial_s
         return True
 
-    def _write(self, batch: Batch) -> bool:
+    def _write(self, batch: Batch, *, isolate_bad_rows: bool = True) -> bool:
         """Write one batch; False when it had been committed before (a replayed duplicate)."""
         started = time.perf_counter()
         try:
             self._store.connect()
             written = self._store.write(batch)
         except Exception as exc:
-            if is_transient(exc):
+            if is_transient(exc) or not isolate_bad_rows:
                 raise
             log.warning("batch of %d rows failed permanently (%s); isolating the bad rows", batch.rows, exc)
             self._bisect(batch, exc)
@@ -771,7 +781,13 @@ class TelemetryWriter:
         if parts is None:
             sqlstate = getattr(exc, "sqlstate", None) or type(exc).__name__
             rejected = _as_rejection(batch, f"storage_error:{sqlstate}", str(exc))
-            self._write(Batch(rejections=[rejected]))
+            try:
+                self._write(Batch(rejections=[rejected]), isolate_bad_rows=False)
+            except Exception as again:  # not even storable as a rejection: say so, never recurse
+                if is_transient(again):
+                    raise
+                log.error("a row could not be stored, not even as a rejection (%s): %r", again, rejected.raw[:300])
+                self.stats.rejected["unstorable"] = self.stats.rejected.get("unstorable", 0) + 1
             return
         for part in parts:
             self._write(part)
@@ -801,5 +817,7 @@ def _as_rejection(batch: Batch, reason: str, detail: str) -> Rejection:
         raw = orjson.dumps(item, default=str)
     except TypeError:  # what made the row fail may also defeat orjson (an integer beyond 64 bits): keep its repr
         raw = repr(item).encode()
-    return Rejection(time=utcnow(), source="writer", reason=reason, detail=detail[:2000],
-                     vehicle=getattr(item, "vehicle", None), raw=raw)
+    vehicle = getattr(item, "vehicle", None)
+    # PostgreSQL text cannot hold NUL: a row may have failed for just that, and its rejection must not fail too.
+    return Rejection(time=utcnow(), source="writer", reason=reason, detail=detail[:2000].replace("\x00", "\\x00"),
+                     vehicle=vehicle.replace("\x00", "\\x00") if isinstance(vehicle, str) else None, raw=raw)
