@@ -17,7 +17,9 @@ __all__ = ["create_app"]
 
 
 def _sample_json(sample: Any) -> dict[str, Any]:
+    """A sample as JSON, without ``raw``: the message it came from (a whole batch of 50 for MQTT) is not state."""
     doc = asdict(sample)
+    doc.pop("raw", None)
     doc["time"] = sample.time.isoformat()
     doc["vehicle_time"] = sample.vehicle_time.isoformat() if sample.vehicle_time else None
     return doc

@@ -1,0 +1,33 @@
+"""The fleet endpoints serve the live state: every model field with its unit in the name, never the raw message."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import httpx
+from helpers import make_sample
+
+from api.app import create_app
+from gateway.config import load_settings
+from gateway.service import Gateway
+from telemetry.model import VehicleKind
+
+
+async def test_a_cars_latest_state_has_its_car_fields_and_not_its_raw_payload() -> None:
+    gateway = Gateway(load_settings(database={"dsn": "postgresql://unused"}, api={"enabled": False}))
+    t = datetime(2026, 11, 28, 8, 0, tzinfo=UTC)
+    gateway.live.update([
+        make_sample("car-03", t, kind=VehicleKind.PATROL_CAR, vehicle_time=t - timedelta(milliseconds=80),
+                    odometer_m=12345.5, fuel_pct=55.0, rssi_dbm=-71.0, seq=7, raw=b'[{"v": 1}]' * 50),
+    ])
+    transport = httpx.ASGITransport(app=create_app(gateway))
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+        one = (await client.get("/api/v1/vehicles/car-03")).json()
+        fleet = (await client.get("/api/v1/vehicles")).json()
+        missing = await client.get("/api/v1/vehicles/car-99")
+    latest = one["latest"]
+    assert (latest["odometer_m"], latest["fuel_pct"], latest["rssi_dbm"], latest["seq"]) == (12345.5, 55.0, -71.0, 7)
+    assert latest["vehicle_time"] == "2026-11-28T07:59:59.920000+00:00"
+    assert "raw" not in latest
+    assert fleet == [one]
+    assert missing.status_code == 404
