@@ -226,7 +226,7 @@ def run_mqtt_bench(*, cars: int = 1000, messages: int | None = None, batch: int 
 
     ``messages`` defaults to 100,000 single-sample messages, or to 500,000 samples in messages of ``batch``:
     a batched run of 200,000 samples lasted about one second, of which the gateway's start (connections,
-    subscriptions, registering 1,000 new cars) took a fifth.
+    subscriptions, registering 1,000 new cars) took a tenth.
     """
     if messages is None:
         messages = 100_000 if batch == 1 else max(100, 500_000 // batch)
