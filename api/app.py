@@ -5,9 +5,9 @@ Built around a running ``gateway.service.Gateway``: live state comes from memory
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from fastapi import FastAPI, HTTPException
 
 if TYPE_CHECKING:
@@ -18,7 +18,7 @@ __all__ = ["create_app"]
 
 def _sample_json(sample: Any) -> dict[str, Any]:
     """A sample as JSON, without ``raw``: the message it came from (a whole batch of 50 for MQTT) is not state."""
-    doc = asdict(sample)
+    doc = msgspec.structs.asdict(sample)
     doc.pop("raw", None)
     doc["time"] = sample.time.isoformat()
     doc["vehicle_time"] = sample.vehicle_time.isoformat() if sample.vehicle_time else None

@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+import msgspec
+
 __all__ = [
     "EXTRA_KEYS",
     "Event",
@@ -90,9 +92,13 @@ def utc_from_unix(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
 
-@dataclass(slots=True)
-class Sample:
+class Sample(msgspec.Struct, gc=False):
     """One position update of one vehicle with the latest known values of everything else.
+
+    A msgspec Struct rather than a dataclass: built in C (0.7 µs less per sample than the slots dataclass, at
+    hundreds of thousands of samples a second), and ``gc=False`` keeps the cycle collector from walking the
+    tens of thousands of samples queued at any moment (its generation-0 passes took 40-50 ms each). Safe: a
+    sample holds plain values and a JSON ``extra`` dict, which never refer back to it.
 
     ``lat_deg``/``lon_deg`` are None when the vehicle reports no GPS fix (an autopilot sends 0/0 then): the
     sample still carries battery, mode and the rest, as Traccar keeps positions flagged invalid.
@@ -131,7 +137,7 @@ class Sample:
     source: str = ""
     #: The raw message this sample came from, not stored with it: kept only so that a rejection of the
     #: sample can keep the original bytes (set by drivers whose messages carry one sample or a few).
-    raw: bytes | None = field(default=None, repr=False, compare=False)
+    raw: bytes | None = None
 
     @property
     def key_time(self) -> datetime:

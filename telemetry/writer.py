@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
+import msgspec
 import orjson
 import psycopg
 from psycopg.adapt import Dumper
@@ -196,7 +197,7 @@ class Batch:
         )
 
 
-_SAMPLE_FIELDS = tuple(f for f in Sample.__dataclass_fields__ if f != "raw")  # raw is never stored
+_SAMPLE_FIELDS = tuple(f for f in Sample.__struct_fields__ if f != "raw")  # raw is never stored
 #: The sample fields of spool records written before records named their fields (odometer_m, fuel_pct,
 #: rssi_dbm and seq were keys of ``extra`` then): a spool left by that version still replays.
 _FIELDS_FORMERLY_EXTRA = ("odometer_m", "fuel_pct", "rssi_dbm", "seq")
@@ -811,10 +812,15 @@ def _split(batch: Batch) -> list[Batch] | None:
     return out
 
 
+def _jsonable(obj: Any) -> Any:
+    """orjson's fallback: a Sample (a msgspec Struct) as its fields, anything else as text (bytes, say)."""
+    return msgspec.structs.asdict(obj) if isinstance(obj, msgspec.Struct) else str(obj)
+
+
 def _as_rejection(batch: Batch, reason: str, detail: str) -> Rejection:
     item: Any = (batch.samples or batch.events or batch.rejections or batch.vehicles)[0]
     try:
-        raw = orjson.dumps(item, default=str)
+        raw = orjson.dumps(item, default=_jsonable)
     except TypeError:  # what made the row fail may also defeat orjson (an integer beyond 64 bits): keep its repr
         raw = repr(item).encode()
     vehicle = getattr(item, "vehicle", None)
