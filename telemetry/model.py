@@ -26,6 +26,7 @@ import msgspec
 
 __all__ = [
     "EXTRA_KEYS",
+    "UNIX_EPOCH",
     "Event",
     "EventType",
     "GpsFix",
@@ -82,6 +83,10 @@ EXTRA_KEYS: dict[str, str] = {
     "time_boot_ms": "autopilot time since boot, milliseconds",
     "mission_seq": "current mission item",
 }
+
+
+#: 1970-01-01T00:00:00Z, the origin of Unix and MQTT-contract timestamps.
+UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def utcnow() -> datetime:

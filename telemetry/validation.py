@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from telemetry.model import Rejection, Sample, VehicleKind, utcnow
+from telemetry.model import UNIX_EPOCH, Rejection, Sample, VehicleKind, utcnow
 
 __all__ = ["ValidationLimits", "Validator", "haversine_m"]
 
@@ -27,7 +27,6 @@ _EARTH_RADIUS_M = 6_371_008.8
 #: from above (the way along the meridian, then along the parallel, is never shorter), for a cheap first test.
 _M_PER_DEG = _EARTH_RADIUS_M * math.pi / 180.0
 _EPOCH_2000 = datetime(2000, 1, 1, tzinfo=UTC)
-_EPOCH_UNIX = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
@@ -120,7 +119,7 @@ class Validator:
         """Remember already-stored timestamps (after a restart) so redelivered messages count as duplicates."""
         state = self._vehicles.setdefault(vehicle, _VehicleState())
         for t in key_times[-self.limits.duplicate_window :]:
-            self._remember_mark(state, t - _EPOCH_UNIX)
+            self._remember_mark(state, t - UNIX_EPOCH)
 
     def check(self, sample: Sample, now: datetime | None = None) -> str | None:
         """The reason code when ``sample`` must be rejected, else None (and the sample is remembered)."""
@@ -180,7 +179,7 @@ class Validator:
             return reason
         # Duplicates are found by the time's offset from the epoch, a timedelta: hashing an aware datetime
         # costs twice as much (it builds a UTC copy of itself first), once per sample.
-        mark = key - _EPOCH_UNIX
+        mark = key - UNIX_EPOCH
         state = self._vehicles.get(s.vehicle)
         if state is None:
             state = self._vehicles[s.vehicle] = _VehicleState()

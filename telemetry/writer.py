@@ -267,7 +267,6 @@ class _Store:
             if self.backend is None:
                 raise RuntimeError("the database has no patrolgate schema; run `patrolgate db upgrade` first")
             self.keys = dict(self.conn.execute("SELECT id, key FROM vehicles").fetchall())
-
         self.partition_days = set()
 
     def close(self) -> None:
@@ -374,12 +373,10 @@ class _Store:
         latest: dict[int, tuple[Any, ...]] = {}
         make_row = _copy_row
         with conn.cursor() as cur:
-            # Plain PostgreSQL: a savepoint, so a row outside the known partitions (an old log, a skewed clock)
-            # costs one retry with the partitions created, not a per-row check of every batch. TimescaleDB makes
-            # its chunks itself: no savepoint, two round trips fewer.
-            savepoint = conn.transaction()
+            # A savepoint, so a row outside the known partitions (an old log, a skewed clock) costs one retry
+            # with the partitions created, not a per-row check of every batch.
             try:
-                with savepoint, cur.copy(_COPY_SQL) as copy:
+                with conn.transaction(), cur.copy(_COPY_SQL) as copy:
                     copy.set_types(_COPY_TYPES)
                     add = copy.write_row
                     for s in samples:
@@ -458,7 +455,7 @@ class TelemetryWriter:
         self._spool: Spool | None = None
         # Shared with the worker thread, guarded by ``_work``: the queue and the stopping flag.
         self._work = threading.Condition(threading.Lock())
-        self._pending: deque[tuple[float, Batch, list[Ack], int]] = deque()  # (queued at, rows, acks, submits)
+        self._pending: deque[tuple[float, Batch, list[Ack], int]] = deque()  # (queued at, batch, acks, submits)
         self._pending_rows = 0
         self._pending_acks = 0
         self._stopping = False

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
 
 from telemetry.model import Sample, VehicleKind
+from telemetry.writer import WriterSettings
 
 
 def make_sample(vehicle: str = "car-01", t: datetime | None = None, **fields: Any) -> Sample:
@@ -23,6 +25,14 @@ def make_sample(vehicle: str = "car-01", t: datetime | None = None, **fields: An
     }
     base.update(fields)
     return Sample(**base)
+
+
+def writer_settings(tmp_path: Path, **overrides: Any) -> WriterSettings:
+    """Writer settings for tests: small batches, short intervals and backoff, a spool under ``tmp_path``."""
+    base: dict[str, Any] = {"batch_rows": 500, "flush_interval_s": 0.05, "spool_dir": str(tmp_path / "spool"),
+                            "backoff_initial_s": 0.05, "backoff_max_s": 0.5}
+    base.update(overrides)
+    return WriterSettings(**base)
 
 
 def fresh_database(server_dsn: str, name: str) -> str:

@@ -12,19 +12,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pymavlink import mavutil
 
-from telemetry.model import EventType, Sample, VehicleKind
+from telemetry.model import UNIX_EPOCH, EventType, Sample, VehicleKind
 
 __all__ = ["MSG", "DroneState", "mode_name"]
 
 _UINT16_MAX = 65535
 _RAD_TO_DEG = 180.0 / math.pi
 _hypot = math.hypot
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _YEAR_2000_US = 946_684_800_000_000
 
 #: MAVLink message ids the normalizer reads.
@@ -181,7 +180,7 @@ class DroneState:
             lat, lon, alt = lat_e7 / 1e7, lon_e7 / 1e7, alt_msl_m
         vehicle_time = None
         if time_boot_ms is not None and self._boot_epoch_ms is not None:
-            vehicle_time = _EPOCH + timedelta(milliseconds=self._boot_epoch_ms + time_boot_ms)
+            vehicle_time = UNIX_EPOCH + timedelta(milliseconds=self._boot_epoch_ms + time_boot_ms)
         extra: dict[str, Any] = {"time_boot_ms": time_boot_ms} if time_boot_ms is not None else {}
         if self.hdop is not None:
             extra["hdop"] = self.hdop

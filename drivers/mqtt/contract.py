@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 import msgspec
 import orjson
 
-from telemetry.model import Event, Sample, VehicleKind
+from telemetry.model import UNIX_EPOCH, Event, Sample, VehicleKind
 
 __all__ = [
     "CONTRACT_VERSION",
@@ -36,7 +36,6 @@ __all__ = [
 CONTRACT_VERSION = 1
 MAX_BATCH = 1000
 VEHICLE_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _KINDS = {"patrol_car": VehicleKind.PATROL_CAR, "drone": VehicleKind.DRONE}
 
 # contract field -> (Sample attribute, accepted JSON types)
@@ -124,7 +123,7 @@ def _ts(doc: dict[str, Any]) -> datetime:
     if not isinstance(ts, int) or isinstance(ts, bool):
         raise ContractError("wrong_type:ts", "expected integer milliseconds since the Unix epoch (UTC)")
     try:
-        return _EPOCH + timedelta(milliseconds=ts)
+        return UNIX_EPOCH + timedelta(milliseconds=ts)
     except OverflowError:
         raise ContractError("wrong_type:ts", f"{ts} ms is not a representable time") from None
 
@@ -216,7 +215,7 @@ def _fast_samples(payload: bytes, vehicle: str, received: datetime, source: str)
     if not wires or len(wires) > MAX_BATCH:
         return None
     out: list[Sample] = []
-    kinds, epoch, ms = _KINDS, _EPOCH, _MS
+    kinds, epoch, ms = _KINDS, UNIX_EPOCH, _MS
     try:
         for w in wires:
             kind = kinds.get(w.kind)

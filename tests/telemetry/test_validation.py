@@ -35,6 +35,8 @@ def test_accepts_a_plausible_sample() -> None:
         ({"alt_msl_m": 50_000.0}, "out_of_range:alt_msl_m"),
         ({"heading_deg": math.nan}, "out_of_range:heading_deg"),
         ({"satellites": 900}, "out_of_range:satellites"),
+        ({"fuel_pct": 101.0}, "out_of_range:fuel_pct"),
+        ({"odometer_m": -1.0}, "out_of_range:odometer_m"),
     ],
 )
 def test_rejects_with_reason(fields: dict[str, object], reason: str) -> None:

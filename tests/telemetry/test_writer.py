@@ -6,21 +6,14 @@ from pathlib import Path
 
 import orjson
 import pytest
-from helpers import make_sample, query
+from helpers import make_sample, query, writer_settings
 
 from gateway.embedded import EmbeddedPostgres
 from telemetry import storage
 from telemetry.model import Event, Rejection, VehicleInfo, VehicleKind
-from telemetry.writer import Batch, TelemetryWriter, WriterSettings
+from telemetry.writer import Batch, TelemetryWriter
 
 pytestmark = pytest.mark.postgres
-
-
-def _settings(tmp_path: Path, **kw: object) -> WriterSettings:
-    base: dict[str, object] = {"batch_rows": 500, "flush_interval_s": 0.05, "spool_dir": str(tmp_path / "spool"),
-                               "backoff_initial_s": 0.05, "backoff_max_s": 0.5}
-    base.update(kw)
-    return WriterSettings(**base)  # type: ignore[arg-type]
 
 
 async def test_round_trip_of_every_field(db: str, tmp_path: Path) -> None:
@@ -32,7 +25,7 @@ async def test_round_trip_of_every_field(db: str, tmp_path: Path) -> None:
         mode="AUTO", armed=True, gps_fix=6, satellites=17, link_quality_pct=93.0,
         extra={"hdop": 0.7, "landed_state": "in_air"}, source="mavlink:udpin:0.0.0.0:14550",
     )
-    writer = TelemetryWriter(db, _settings(tmp_path))
+    writer = TelemetryWriter(db, writer_settings(tmp_path))
     await writer.start()
     acked: list[int] = []
     await writer.submit([s], vehicles=[VehicleInfo("drone-7", VehicleKind.DRONE, "mavlink", mavlink_sysid=7)],
@@ -55,7 +48,7 @@ async def test_round_trip_of_every_field(db: str, tmp_path: Path) -> None:
 async def test_a_fleet_appearing_at_once_is_registered_in_one_batch(db: str, tmp_path: Path) -> None:
     """600 new vehicles in one batch: announced ones (one announced twice, the later name wins), and vehicles
     only seen in samples; a vehicle already registered keeps its row and key."""
-    writer = TelemetryWriter(db, _settings(tmp_path, batch_rows=5000))
+    writer = TelemetryWriter(db, writer_settings(tmp_path, batch_rows=5000))
     await writer.start()
     await writer.submit([make_sample("car-000")], vehicles=[VehicleInfo("car-000", VehicleKind.PATROL_CAR, "mqtt")])
     await writer.flush()
@@ -75,7 +68,7 @@ async def test_a_fleet_appearing_at_once_is_registered_in_one_batch(db: str, tmp
 
 async def test_vehicle_latest_ignores_out_of_order_samples(db: str, tmp_path: Path) -> None:
     t0 = datetime.now(UTC) - timedelta(minutes=5)
-    writer = TelemetryWriter(db, _settings(tmp_path))
+    writer = TelemetryWriter(db, writer_settings(tmp_path))
     await writer.start()
     await writer.submit([make_sample("car-01", t0 + timedelta(seconds=10), battery_pct=50.0)])
     await writer.flush()
@@ -93,7 +86,7 @@ async def test_vehicle_latest_ignores_out_of_order_samples(db: str, tmp_path: Pa
 
 async def test_events_rejections_and_old_days_get_partitions(db: str, tmp_path: Path) -> None:
     old = datetime(2015, 7, 5, 0, 30, tzinfo=UTC)  # e.g. a replayed 2015 flight log
-    writer = TelemetryWriter(db, _settings(tmp_path))
+    writer = TelemetryWriter(db, writer_settings(tmp_path))
     await writer.start()
     await writer.submit(
         [make_sample("drone-1", old)],
@@ -113,7 +106,7 @@ async def test_events_rejections_and_old_days_get_partitions(db: str, tmp_path: 
 
 
 async def test_bad_row_is_isolated_and_the_rest_is_stored(db: str, tmp_path: Path) -> None:
-    writer = TelemetryWriter(db, _settings(tmp_path))
+    writer = TelemetryWriter(db, writer_settings(tmp_path))
     await writer.start()
     t0 = datetime.now(UTC) - timedelta(minutes=1)
     samples = [make_sample("car-01", t0 + timedelta(seconds=i)) for i in range(9)]
@@ -129,7 +122,7 @@ async def test_a_row_no_encoder_can_write_is_kept_as_its_repr_and_the_writer_goe
                                                                                      tmp_path: Path) -> None:
     """An extra value orjson cannot encode (an integer beyond 64 bits) fails the COPY and the rejection's own
     encoding: the row is kept by its repr, the rest is stored, and the writer keeps serving."""
-    writer = TelemetryWriter(db, _settings(tmp_path))
+    writer = TelemetryWriter(db, writer_settings(tmp_path))
     await writer.start()
     t0 = datetime.now(UTC) - timedelta(minutes=1)
     samples = [make_sample("car-01", t0 + timedelta(seconds=i)) for i in range(5)]
@@ -149,7 +142,7 @@ async def test_backpressure_blocks_producers_when_the_queue_is_full(db: str, tmp
     import psycopg
 
     storage.upgrade(db)
-    writer = TelemetryWriter(db, _settings(tmp_path, queue_max_rows=100, batch_rows=50, flush_interval_s=5.0))
+    writer = TelemetryWriter(db, writer_settings(tmp_path, queue_max_rows=100, batch_rows=50, flush_interval_s=5.0))
     await writer.start()
     t0 = datetime.now(UTC) - timedelta(minutes=1)
     await writer.submit([make_sample("car-01", t0 - timedelta(seconds=1))])
@@ -172,7 +165,7 @@ async def test_database_down_mid_stream_every_sample_exactly_once(tmp_path: Path
     """The database stops mid-stream and comes back: batches spool to disk and replay in order, no dupes."""
     with EmbeddedPostgres(timescaledb=False) as pg:
         storage.upgrade(pg.dsn)
-        writer = TelemetryWriter(pg.dsn, _settings(tmp_path, batch_rows=100))
+        writer = TelemetryWriter(pg.dsn, writer_settings(tmp_path, batch_rows=100))
         await writer.start()
         t0 = datetime.now(UTC) - timedelta(hours=1)
         acked = 0
@@ -217,7 +210,7 @@ async def test_spool_left_by_a_crash_is_replayed_at_start_without_duplicates(db:
     t0 = datetime.now(UTC) - timedelta(minutes=3)
     committed = Batch(samples=[make_sample("car-01", t0 + timedelta(seconds=i)) for i in range(3)])
     pending = Batch(samples=[make_sample("car-01", t0 + timedelta(seconds=10 + i)) for i in range(4)])
-    first = TelemetryWriter(db, _settings(tmp_path))
+    first = TelemetryWriter(db, writer_settings(tmp_path))
     await first.start()
     await asyncio.to_thread(first._write, committed)  # the worker is idle: nothing is queued
     await first.stop()
@@ -226,7 +219,7 @@ async def test_spool_left_by_a_crash_is_replayed_at_start_without_duplicates(db:
     spool.append(pending.encode())
     with open(next((tmp_path / "spool").glob("spool-*.seg")), "ab") as fh:
         fh.write(b"PGSP\x00\x00\x10\x00")  # a torn record: the crash happened mid-append
-    second = TelemetryWriter(db, _settings(tmp_path))
+    second = TelemetryWriter(db, writer_settings(tmp_path))
     await second.start()
     assert second.stats.spool_pending_batches == 2
     await second.submit([make_sample("car-01", t0 + timedelta(seconds=30))])

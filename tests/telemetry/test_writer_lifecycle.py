@@ -16,25 +16,18 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from helpers import fresh_database, make_sample, query, until
+from helpers import fresh_database, make_sample, query, until, writer_settings
 
-from telemetry.writer import TelemetryWriter, WriterSettings
+from telemetry.writer import TelemetryWriter
 
 pytestmark = [pytest.mark.postgres, pytest.mark.backends("postgresql")]
-
-
-def _settings(tmp_path: Path, **kw: object) -> WriterSettings:
-    base: dict[str, object] = {"batch_rows": 500, "flush_interval_s": 0.05, "spool_dir": str(tmp_path / "spool"),
-                               "backoff_initial_s": 0.05, "backoff_max_s": 0.5}
-    base.update(kw)
-    return WriterSettings(**base)  # type: ignore[arg-type]
 
 
 async def test_stop_after_a_failed_start_returns(db: str, tmp_path: Path) -> None:
     """start() fails (a database without the schema: a permanent error); the usual ``finally: await stop()``
     must return, not wait forever for a worker thread that was never started."""
     bare = fresh_database(db, "t_review_no_schema")
-    writer = TelemetryWriter(bare, _settings(tmp_path))
+    writer = TelemetryWriter(bare, writer_settings(tmp_path))
     with pytest.raises(RuntimeError, match="no patrolgate schema"):
         await writer.start()
     await asyncio.wait_for(writer.stop(), 5)
@@ -49,7 +42,7 @@ async def test_a_producer_held_back_when_stop_is_called_is_stored_or_told(db: st
     producer (here the loop is held by joining the worker thread; in service it is any busy stretch of the
     loop). The producer then sees ``_stopping``, leaves its wait and appends to a queue nobody reads.
     """
-    writer = TelemetryWriter(db, _settings(tmp_path, batch_rows=10, queue_max_rows=10, flush_interval_s=0.05))
+    writer = TelemetryWriter(db, writer_settings(tmp_path, batch_rows=10, queue_max_rows=10, flush_interval_s=0.05))
     await writer.start()
     t0 = datetime.now(UTC) - timedelta(minutes=1)
     await writer.submit([make_sample("car-01", t0)])
@@ -88,7 +81,7 @@ async def test_a_producer_held_back_when_stop_is_called_is_stored_or_told(db: st
 async def test_submit_after_stop_is_refused(db: str, tmp_path: Path) -> None:
     """After stop() nothing reads the queue: a submit must fail, not return as if its rows were queued
     (and a flush() after it must not wait forever)."""
-    writer = TelemetryWriter(db, _settings(tmp_path))
+    writer = TelemetryWriter(db, writer_settings(tmp_path))
     await writer.start()
     await writer.stop()
     with pytest.raises(RuntimeError):
@@ -108,7 +101,7 @@ async def _writer_that_dies_in_stop(tmp_path: Path) -> tuple[TelemetryWriter, li
     """A writer whose database is down and whose spool folder is gone by the time it flushes: spooling the
     batch raises FileNotFoundError (an OSError, not SpoolFullError), which ends the worker. The same happens
     with ENOSPC on a full disk. Rows are submitted but not due yet, so stop() is what makes the worker take them."""
-    settings = _settings(tmp_path, flush_interval_s=30.0, ack_flush_interval_s=30.0)
+    settings = writer_settings(tmp_path, flush_interval_s=30.0, ack_flush_interval_s=30.0)
     writer = TelemetryWriter(_unreachable_dsn(), settings)
     await writer.start()
     assert not writer.stats.db_up
@@ -145,7 +138,7 @@ async def test_a_flush_waiting_when_the_worker_dies_during_stop_is_told(tmp_path
 async def test_a_row_whose_rejection_needs_escaping_is_kept_and_the_writer_lives_on(db: str, tmp_path: Path) -> None:
     """A vehicle id with a NUL (PostgreSQL text cannot hold one) fails its batch; the row is kept in
     ``rejected`` with the NUL escaped. Storing the rejection verbatim used to fail again and recurse."""
-    writer = TelemetryWriter(db, _settings(tmp_path))
+    writer = TelemetryWriter(db, writer_settings(tmp_path))
     await writer.start()
     t0 = datetime.now(UTC) - timedelta(minutes=1)
     await writer.submit([make_sample("car-01", t0), make_sample("car\x00x", t0)])
