@@ -111,7 +111,7 @@ class Gateway:
             self._pg = await asyncio.to_thread(EmbeddedPostgres().start)
             self.dsn = self._pg.dsn
         st = storage_settings(self.settings)
-        applied = await asyncio.to_thread(storage.upgrade, self.dsn, st)
+        applied = await asyncio.to_thread(storage.upgrade, self.dsn, st, then_maintain=False)  # housekeeping does
         if applied:
             log.info("database migrated to schema %s", applied[-1])
         self.writer = TelemetryWriter(self.dsn, writer_settings(self.settings))
@@ -165,15 +165,16 @@ class Gateway:
         log.info("API listening on http://%s:%s", self.settings.api.host, self.api_port)
 
     async def _housekeeping(self, st: storage.StorageSettings) -> None:
+        """`storage.maintain` at start, beside ingest (not before it), then every ``maintenance_interval``."""
         interval: timedelta = self.settings.storage.maintenance_interval
         while True:
-            await asyncio.sleep(interval.total_seconds())
             try:
                 report = await asyncio.to_thread(storage.maintain, self.dsn or "", st)
                 if report.get("created") or report.get("dropped"):
                     log.info("storage housekeeping: %s", report)
             except Exception as exc:
                 log.warning("storage housekeeping failed (will retry): %s", exc)
+            await asyncio.sleep(interval.total_seconds())
 
     async def stop(self) -> None:
         """Drivers first, then the writer's final flush, then storage; safe to call twice."""

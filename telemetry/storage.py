@@ -155,9 +155,11 @@ def current_backend(conn: psycopg.Connection[Any]) -> Backend | None:
     return row[0] if row else None  # type: ignore[return-value]
 
 
-def upgrade(dsn: str, settings: StorageSettings | None = None, *, up_to: int | None = None) -> list[int]:
+def upgrade(dsn: str, settings: StorageSettings | None = None, *, up_to: int | None = None,
+            then_maintain: bool = True) -> list[int]:
     """Apply every migration not yet applied (or those up to version ``up_to``), each in its own transaction;
-    returns the versions applied.
+    returns the versions applied. Then runs `maintain` unless ``then_maintain`` is False (the gateway runs it
+    in the background instead: it took 50 ms of every start, before the first message could be taken).
 
     Idempotent. Refuses (``SchemaTooNewError``) a database whose schema version is newer than this code's.
     Concurrent upgrades are serialized by an advisory lock.
@@ -198,7 +200,8 @@ def upgrade(dsn: str, settings: StorageSettings | None = None, *, up_to: int | N
                 log.info("applied migration %04d_%s (%s)", mig.version, mig.name, backend)
         finally:
             conn.execute("SELECT pg_advisory_unlock(727274)")
-    maintain(dsn, settings)
+    if then_maintain:
+        maintain(dsn, settings)
     return applied
 
 

@@ -61,15 +61,11 @@ _COPY_TYPES = (
 )
 
 
-def _copy_row(key: int, key_time: datetime, s: Sample) -> tuple[Any, ...]:
-    """One COPY row, in TELEMETRY_COLUMNS order: the two computed columns, then the Sample's attributes.
-
-    Written out rather than an attrgetter: on Python 3.11 these reads specialise for ``__slots__`` and the whole
-    tuple costs a third of one attrgetter call over 19 names, per row, on the writer thread that shares the GIL.
-    """
-    return (key, key_time, s.time, s.lat_deg, s.lon_deg, s.alt_msl_m, s.alt_rel_m, s.heading_deg,
-            s.ground_speed_mps, s.climb_mps, s.roll_deg, s.pitch_deg, s.yaw_deg, s.battery_pct, s.battery_v, s.mode,
-            s.armed, s.gps_fix, s.satellites, s.link_quality_pct, s.odometer_m, s.fuel_pct, s.rssi_dbm, s.seq, s.extra)
+def _keep_newer(latest: dict[int, tuple[Any, ...]], row: tuple[Any, ...]) -> None:
+    """Keep ``row`` as its vehicle's newest (by key time, the row's second column) unless a newer one is there."""
+    prev = latest.get(row[0])
+    if prev is None or prev[1] <= row[1]:
+        latest[row[0]] = row
 
 
 _COLUMN_LIST = ", ".join(TELEMETRY_COLUMNS)
@@ -371,7 +367,6 @@ class _Store:
         if self.backend == "postgresql" and not {first, last} <= self.partition_days:
             self._ensure_partitions(conn, samples)
         latest: dict[int, tuple[Any, ...]] = {}
-        make_row = _copy_row
         with conn.cursor() as cur:
             # A savepoint, so a row outside the known partitions (an old log, a skewed clock) costs one retry
             # with the partitions created, not a per-row check of every batch.
@@ -379,14 +374,25 @@ class _Store:
                 with conn.transaction(), cur.copy(_COPY_SQL) as copy:
                     copy.set_types(_COPY_TYPES)
                     add = copy.write_row
+                    vehicle, key, newest = None, 0, None
                     for s in samples:
-                        key = keys[s.vehicle]
+                        if s.vehicle is not vehicle:  # identity: the samples of one message share the string
+                            if newest is not None:
+                                _keep_newer(latest, newest)
+                            vehicle, newest = s.vehicle, None
+                            key = keys[vehicle]
+                        # The row written out in TELEMETRY_COLUMNS order (a function building it cost a call
+                        # per row): the two computed columns, then the Sample's attributes.
                         t = s.vehicle_time or s.time
-                        row = make_row(key, t, s)
+                        row = (key, t, s.time, s.lat_deg, s.lon_deg, s.alt_msl_m, s.alt_rel_m, s.heading_deg,
+                               s.ground_speed_mps, s.climb_mps, s.roll_deg, s.pitch_deg, s.yaw_deg, s.battery_pct,
+                               s.battery_v, s.mode, s.armed, s.gps_fix, s.satellites, s.link_quality_pct,
+                               s.odometer_m, s.fuel_pct, s.rssi_dbm, s.seq, s.extra)
                         add(row)
-                        prev = latest.get(key)
-                        if prev is None or prev[1] <= t:
-                            latest[key] = row
+                        if newest is None or newest[1] <= t:
+                            newest = row
+                    if newest is not None:
+                        _keep_newer(latest, newest)
             except psycopg.errors.CheckViolation:
                 if self.backend != "postgresql":
                     raise

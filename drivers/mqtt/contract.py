@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 import orjson
@@ -192,12 +192,15 @@ def _wire_type(types: tuple[type, ...]) -> Any:
 #: per sample): numbers accept JSON integers and floats, integers reject floats and booleans, as ``_field``
 #: does. Anything it refuses, including keys the contract does not name (kept in ``extra`` by the careful
 #: path) and integers beyond 64 bits, goes the careful path, which gives the exact reason and keeps the good
-#: elements of a batch.
+#: elements of a batch. The version and the kind are checked while parsing too (``v`` only ever equals this
+#: contract's version, ``kind`` decodes to the enum): a batch of 50 samples saved 50 lookups and comparisons.
 _WireSample = msgspec.defstruct(
     "_WireSample",
-    [("v", int), ("ts", _Int64), ("lat", float), ("lon", float), ("kind", str, "patrol_car")]
+    [("v", Literal[CONTRACT_VERSION]), ("ts", _Int64), ("lat", float), ("lon", float),
+     ("kind", VehicleKind, VehicleKind.PATROL_CAR)]
     + [(name, _wire_type(types), None) for name, (_, types) in _FIELDS.items()],
     forbid_unknown_fields=True,
+    gc=False,  # plain values only; one per sample, dropped at once: no reason to track it for the cycle collector
 )
 
 
@@ -214,22 +217,19 @@ def _fast_samples(payload: bytes, vehicle: str, received: datetime, source: str)
     wires = doc if type(doc) is list else [doc]
     if not wires or len(wires) > MAX_BATCH:
         return None
-    out: list[Sample] = []
-    kinds, epoch, ms = _KINDS, UNIX_EPOCH, _MS
+    epoch, ms = UNIX_EPOCH, _MS
     try:
-        for w in wires:
-            kind = kinds.get(w.kind)
-            if kind is None or w.v != CONTRACT_VERSION:
-                return None
-            out.append(Sample(
-                received, vehicle, kind, w.lat, w.lon, epoch + w.ts * ms, w.alt_m, w.alt_rel_m, w.heading_deg,
+        return [
+            Sample(
+                received, vehicle, w.kind, w.lat, w.lon, epoch + w.ts * ms, w.alt_m, w.alt_rel_m, w.heading_deg,
                 w.speed_mps, w.climb_mps, w.roll_deg, w.pitch_deg, w.yaw_deg, w.battery_pct, w.battery_v, w.mode,
                 w.armed, w.gps_fix, w.satellites, w.link_quality_pct, w.odometer_m, w.fuel_pct, w.rssi_dbm, w.seq,
                 None, source, payload,
-            ))
+            )
+            for w in wires
+        ]
     except OverflowError:  # a ts beyond datetime's range: the careful path words the error
         return None
-    return out
 
 
 def decode_telemetry(payload: bytes, vehicle: str, received: datetime,

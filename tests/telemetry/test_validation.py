@@ -100,3 +100,30 @@ def test_split_keeps_rejections_with_reason_and_detail() -> None:
 
 def test_haversine_one_degree_of_latitude() -> None:
     assert haversine_m(0, 0, 1, 0) == pytest.approx(111_195, rel=1e-3)
+
+
+def test_a_batch_gets_the_reasons_one_by_one_checks_give() -> None:
+    """`split` looks a vehicle's state and a kind's speed limit up once per run of samples: whatever the order,
+    each sample must get the reason it gets checked alone, in the same sequence."""
+    t0 = datetime.now(UTC) - timedelta(minutes=10)
+    samples = []
+    for i in range(300):
+        # Runs of one vehicle, vehicles coming back, both kinds; each vehicle id a new string object per sample.
+        vehicle = "".join(["car-", str(i // 7 % 3)]) if i % 5 else "".join(["drone-", str(i % 2)])
+        t = t0 + timedelta(seconds=i // 2)  # every other sample repeats its vehicle's time: duplicates
+        fields = {"ground_speed_mps": 10.0, "battery_pct": 50.0 + i % 80}  # some beyond 100 %: out of range
+        if i % 11 == 0:
+            fields["ground_speed_mps"] = 65.0  # beyond a drone's limit (60 m/s), within a car's (70 m/s)
+        if i % 23 == 0:
+            fields["lat_deg"] = 31.2304 + 0.5  # a jump of 55 km: an impossible speed
+        if i % 31 == 0:
+            fields["lat_deg"] = 95.0
+        samples.append(make_sample(vehicle, t, vehicle_time=t, **fields))
+    one_by_one = Validator()
+    expected = [one_by_one.check(s) for s in samples]
+    batched = Validator()
+    good, bad = batched.split(samples, source="test")
+    assert [s for s, reason in zip(samples, expected, strict=True) if reason is None] == good
+    assert [r.reason for r in bad] == [r for r in expected if r is not None]
+    assert {"duplicate", "impossible_speed", "invalid_coordinates", "out_of_range:battery_pct"} <= set(expected)
+    assert batched.rejected == one_by_one.rejected and batched.accepted == one_by_one.accepted == len(good)

@@ -75,13 +75,15 @@ async def test_vehicle_latest_ignores_out_of_order_samples(db: str, tmp_path: Pa
     # Older samples arrive later (a burst after reconnect): stored, but vehicle_latest stays at the newest.
     await writer.submit([make_sample("car-01", t0 + timedelta(seconds=s), battery_pct=60.0 + s) for s in (1, 5, 9)])
     await writer.flush()
-    # Within one batch too: newest first.
+    # Within one batch too: newest first; and a vehicle's runs interleaved with another's, its newest in the first.
     await writer.submit([make_sample("car-02", t0 + timedelta(seconds=s), battery_pct=float(s)) for s in (30, 20)])
+    await writer.submit([make_sample(vehicle, t0 + timedelta(seconds=s), battery_pct=float(s))
+                         for vehicle, s in (("car-03", 40), ("car-03", 41), ("car-04", 7), ("car-03", 39))])
     await writer.stop()
-    assert query(db, "SELECT count(*) FROM telemetry") == [(6,)]
+    assert query(db, "SELECT count(*) FROM telemetry") == [(10,)]
     latest = dict(query(db, "SELECT v.id, l.battery_pct FROM vehicle_latest l "
                             "JOIN vehicles v ON v.key = l.vehicle_key"))
-    assert latest == {"car-01": 50.0, "car-02": 30.0}
+    assert latest == {"car-01": 50.0, "car-02": 30.0, "car-03": 41.0, "car-04": 7.0}
 
 
 async def test_events_rejections_and_old_days_get_partitions(db: str, tmp_path: Path) -> None:
