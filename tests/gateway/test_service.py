@@ -1,14 +1,21 @@
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from helpers import query
+from helpers import fresh_database, query
+
+from gateway.config import load_settings
+from gateway.embedded import EmbeddedPostgres
+from gateway.service import Gateway
+from telemetry import storage
 
 pytestmark = pytest.mark.postgres
 
@@ -87,3 +94,24 @@ def test_validation_rejections_are_stored_with_reason(db: str, tmp_path: Path) -
     assert sorted(query(db, "SELECT reason, vehicle FROM rejected")) == [
         ("duplicate", "car-01"), ("invalid_coordinates", "car-02")]
     assert pipeline.stats()["rejected_by_reason"] == {"duplicate": 1, "invalid_coordinates": 1}
+
+
+async def test_storage_maintenance_runs_at_start_beside_ingest(pg_server: EmbeddedPostgres, tmp_path: Path) -> None:
+    """The start migrates but does not wait for maintenance (50 ms before the first message could be taken):
+    housekeeping runs it at once in the background, so the partitions days ahead appear without any sample."""
+    dsn = fresh_database(pg_server.dsn, "housekeeping_at_start")
+    settings = load_settings(
+        database={"dsn": dsn}, api={"enabled": False}, mavlink={"endpoints": []},
+        storage={"backend": "postgresql", "partitions_ahead_days": 5}, writer={"spool_dir": str(tmp_path)},
+    )
+    gw = Gateway(settings)
+    await gw.start()
+    try:
+        ahead = storage.partition_name(datetime.now(UTC).date() + timedelta(days=5))
+        for _ in range(200):
+            if query(dsn, "SELECT count(*) FROM pg_tables WHERE tablename = %s", ahead) == [(1,)]:
+                break
+            await asyncio.sleep(0.05)
+        assert query(dsn, "SELECT count(*) FROM pg_tables WHERE tablename = %s", ahead) == [(1,)]
+    finally:
+        await gw.stop()
