@@ -3,9 +3,10 @@
 Decoding is strict about types and lenient about extras: a field of the wrong type, a missing required field or
 an unknown contract version rejects the payload (or, in a batch, that one element) with a reason code; fields
 the contract does not name are kept in ``Sample.extra``. Range checks (coordinates, speeds, clocks) are left to
-the pipeline's validation, the same for every protocol. Reason codes: ``bad_topic``, ``bad_json``,
-``not_an_object``, ``unknown_version``, ``missing_field:<name>``, ``wrong_type:<name>``, ``batch_too_large``,
-``empty_batch``, ``bad_status``, ``vehicle_not_allowed``.
+the pipeline's validation, the same for every protocol (the fast path holds fields to their physical ranges while
+parsing, only so that validation can skip that check for its samples: see ``_WireSample``). Reason codes:
+``bad_topic``, ``bad_json``, ``not_an_object``, ``unknown_version``, ``missing_field:<name>``,
+``wrong_type:<name>``, ``batch_too_large``, ``empty_batch``, ``bad_status``, ``vehicle_not_allowed``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import msgspec
 import orjson
 
 from telemetry.model import UNIX_EPOCH, Event, Sample, VehicleKind
+from telemetry.validation import PHYSICAL_RANGES, RangeCheckedSample
 
 __all__ = [
     "CONTRACT_VERSION",
@@ -177,12 +179,18 @@ def _sample(doc: Any, vehicle: str, received: datetime, source: str, raw: bytes)
 _Int64 = Annotated[int, msgspec.Meta(ge=_INT64_MIN, le=_INT64_MAX)]
 
 
-def _wire_type(types: tuple[type, ...]) -> Any:
-    """The msgspec type of a ``_FIELDS`` entry, with the careful path's rules (see ``_WireSample``)."""
+def _wire_type(attribute: str, types: tuple[type, ...]) -> Any:
+    """The msgspec type of a ``_FIELDS`` entry, with the careful path's rules (see ``_WireSample``), bounded by
+    the attribute's physical range when it has one (see ``RangeCheckedSample``)."""
+    lo, hi = PHYSICAL_RANGES.get(attribute, (None, None))
     if types == (int,):
-        return _Int64 | None
+        lo = _INT64_MIN if lo is None else max(int(lo), _INT64_MIN)
+        hi = _INT64_MAX if hi is None else min(int(hi), _INT64_MAX)
+        return Annotated[int, msgspec.Meta(ge=lo, le=hi)] | None
     if types is _NUM:
-        return float | None
+        if lo is None and hi is None:
+            return float | None
+        return Annotated[float, msgspec.Meta(ge=lo, le=hi)] | None
     (single,) = types
     return single | None
 
@@ -192,13 +200,15 @@ def _wire_type(types: tuple[type, ...]) -> Any:
 #: per sample): numbers accept JSON integers and floats, integers reject floats and booleans, as ``_field``
 #: does. Anything it refuses, including keys the contract does not name (kept in ``extra`` by the careful
 #: path) and integers beyond 64 bits, goes the careful path, which gives the exact reason and keeps the good
-#: elements of a batch. The version and the kind are checked while parsing too (``v`` only ever equals this
+#: elements of a batch. Bounded fields are held to their physical ranges, so its samples are
+#: ``RangeCheckedSample``s (a value outside goes the careful path and is rejected by the pipeline's validation,
+#: with the same reason). The version and the kind are checked while parsing too (``v`` only ever equals this
 #: contract's version, ``kind`` decodes to the enum): a batch of 50 samples saved 50 lookups and comparisons.
 _WireSample = msgspec.defstruct(
     "_WireSample",
     [("v", Literal[CONTRACT_VERSION]), ("ts", _Int64), ("lat", float), ("lon", float),
      ("kind", VehicleKind, VehicleKind.PATROL_CAR)]
-    + [(name, _wire_type(types), None) for name, (_, types) in _FIELDS.items()],
+    + [(name, _wire_type(attribute, types), None) for name, (attribute, types) in _FIELDS.items()],
     forbid_unknown_fields=True,
     gc=False,  # plain values only; one per sample, dropped at once: no reason to track it for the cycle collector
 )
@@ -220,7 +230,7 @@ def _fast_samples(payload: bytes, vehicle: str, received: datetime, source: str)
     epoch, ms = UNIX_EPOCH, _MS
     try:
         return [
-            Sample(
+            RangeCheckedSample(
                 received, vehicle, w.kind, w.lat, w.lon, epoch + w.ts * ms, w.alt_m, w.alt_rel_m, w.heading_deg,
                 w.speed_mps, w.climb_mps, w.roll_deg, w.pitch_deg, w.yaw_deg, w.battery_pct, w.battery_v, w.mode,
                 w.armed, w.gps_fix, w.satellites, w.link_quality_pct, w.odometer_m, w.fuel_pct, w.rssi_dbm, w.seq,

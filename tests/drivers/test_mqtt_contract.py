@@ -10,6 +10,7 @@ from pathlib import Path
 import jsonschema
 import orjson
 import pytest
+from msgspec.structs import astuple
 
 from drivers.mqtt import contract
 from drivers.mqtt.contract import (
@@ -20,7 +21,8 @@ from drivers.mqtt.contract import (
     decode_telemetry,
     parse_topic,
 )
-from telemetry.model import VehicleKind
+from telemetry.model import Sample, VehicleKind
+from telemetry.validation import RangeCheckedSample, Validator
 
 MQTT = Path(__file__).resolve().parents[2] / "drivers" / "mqtt"
 NOW = datetime(2026, 11, 28, 12, tzinfo=UTC)
@@ -147,6 +149,9 @@ def _random_element(rng: random.Random) -> dict[str, object]:
             element[name] = rng.choice(wrong)
         elif roll < 0.56:
             element[name] = None
+    if rng.random() < 0.05:  # beyond a physical range: decodes, then the pipeline's validation rejects it
+        name, value = rng.choice([("battery_pct", 100.5), ("gps_fix", 9), ("odometer_m", -1), ("heading_deg", 361)])
+        element[name] = value
     if rng.random() < 0.03:
         element["v"] = 2
     if rng.random() < 0.03:
@@ -183,7 +188,7 @@ def _careful(payload: bytes, vehicle: str) -> tuple[list[object], list[str]]:
 
 def test_fast_path_and_careful_path_agree_on_generated_payloads() -> None:
     rng = random.Random(20261128)
-    fast_taken = 0
+    fast_taken = out_of_range = 0
     for _ in range(3000):
         batch = [_random_element(rng) for _ in range(rng.choice([1, 1, 3, 50]))]
         payload = _hostile(json.dumps(batch if len(batch) > 1 or rng.random() < 0.3 else batch[0]).encode(), rng)
@@ -192,15 +197,23 @@ def test_fast_path_and_careful_path_agree_on_generated_payloads() -> None:
         if fast is not None:
             fast_taken += 1
             assert reasons == [], payload  # the fast path never accepts what the careful path refuses
-            assert fast == expected
+            assert [astuple(f) for f in fast] == [astuple(e) for e in expected]
             for f, e in zip(fast, expected, strict=True):  # ints stay ints in extra, numbers are floats
                 assert [type(v) for v in (f.extra or {}).values()] == [type((e.extra or {})[k]) for k in f.extra or {}]
                 assert type(f.lat_deg) is float and type(f.alt_msl_m) is type(e.alt_msl_m)
+                # Its ranges were checked while parsing: validation skips that check, and must give the same verdict.
+                assert type(f) is RangeCheckedSample and type(e) is Sample
+                assert Validator().check(f) == Validator().check(e)
+        verdicts = [Validator().check(e) or "" for e in expected]
+        if any(v.startswith("out_of_range:") for v in verdicts):
+            out_of_range += 1
+            assert fast is None, payload  # never a RangeCheckedSample with a value beyond its range
         if reasons and (payload.startswith(b"{") or reasons == ["bad_json"]):  # refused whole
             with pytest.raises(ContractError) as refused:
                 decode_telemetry(payload, "car-07", NOW, "mqtt:t")
             assert refused.value.reason == reasons[0]
             continue
         samples, errors = decode_telemetry(payload, "car-07", NOW, "mqtt:t")
-        assert samples == expected and [e.reason for e in errors] == reasons
-    assert 300 < fast_taken < 3000  # both paths were exercised
+        assert [astuple(x) for x in samples] == [astuple(e) for e in expected]
+        assert [e.reason for e in errors] == reasons
+    assert 300 < fast_taken < 3000 and out_of_range > 100  # both paths were exercised, and the ranges

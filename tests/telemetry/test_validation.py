@@ -7,7 +7,7 @@ import pytest
 from helpers import make_sample
 
 from telemetry.model import VehicleKind
-from telemetry.validation import Validator, haversine_m
+from telemetry.validation import PHYSICAL_RANGES, RangeCheckedSample, ValidationLimits, Validator, haversine_m
 
 
 def test_accepts_a_plausible_sample() -> None:
@@ -127,3 +127,16 @@ def test_a_batch_gets_the_reasons_one_by_one_checks_give() -> None:
     assert [r.reason for r in bad] == [r for r in expected if r is not None]
     assert {"duplicate", "impossible_speed", "invalid_coordinates", "out_of_range:battery_pct"} <= set(expected)
     assert batched.rejected == one_by_one.rejected and batched.accepted == one_by_one.accepted == len(good)
+
+
+def test_a_range_checked_sample_skips_only_the_range_check_it_had() -> None:
+    """A decoder that held the fields to PHYSICAL_RANGES builds RangeCheckedSample: the validator trusts that,
+    but not when its own ranges differ, and every other rule still applies."""
+    fields = {"time": datetime.now(UTC) - timedelta(seconds=5), "vehicle": "car-01", "kind": VehicleKind.PATROL_CAR,
+              "lat_deg": 31.2304, "lon_deg": 121.4737, "battery_pct": 50.0}
+    assert Validator().check(RangeCheckedSample(**fields)) is None
+    assert Validator().check(RangeCheckedSample(**{**fields, "lat_deg": 95.0})) == "invalid_coordinates"
+    stricter = ValidationLimits(ranges={**PHYSICAL_RANGES, "battery_pct": (60.0, 100.0)})
+    assert Validator(stricter).check(RangeCheckedSample(**fields)) == "out_of_range:battery_pct"
+    assert Validator(stricter).check(make_sample(**{k: v for k, v in fields.items() if k not in ("time", "vehicle")})
+                                     ) == "out_of_range:battery_pct"
