@@ -42,6 +42,17 @@ def test_bench_mqtt_reports_the_issue_figures(db: str) -> None:
     for key in ("e2e_msgs_per_s", "e2e_samples_per_s", "ceiling_msgs_per_s", "ratio", "lost"):
         assert key in r
     assert r["lost"] == 0 and r["samples_committed"] == 4500 and r["rejected"] == {}
+    sustained = r["sustained_samples_per_s"]  # None when the run was too short for commits past 10 % and 90 %
+    assert sustained is None or sustained > 0
+
+
+def test_sustained_rate_is_the_commit_rate_between_10_and_90_percent() -> None:
+    from gateway.bench.mqtt import _sustained_rate
+
+    # 1,000 samples: 50 committed at t=1 s (the start), 100 per second from t=2, the drain at the end.
+    progress = [(1.0, 50)] + [(2.0 + i, 100 + 100 * i) for i in range(10)] + [(20.0, 1000)]
+    assert _sustained_rate(progress, 1000) == (900 - 100) / (10.0 - 2.0)
+    assert _sustained_rate([(1.0, 1000)], 1000) is None  # one commit: no rate
 
 
 def test_bench_ingest_reports_the_ratio_to_psql_copy(db: str) -> None:
