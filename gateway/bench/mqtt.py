@@ -185,7 +185,8 @@ async def _transport_only(broker: EmbeddedMosquitto, stream: list[tuple[str, byt
 
 @contextlib.contextmanager
 def _services(dsn: str | None) -> Iterator[tuple[str, EmbeddedMosquitto]]:
-    with EmbeddedMosquitto() as broker, database(dsn) as db:
+    # mosquitto's default autosave (30 min): saving the queued stream to disk every second stalled delivery.
+    with EmbeddedMosquitto(autosave_interval_s=1800) as broker, database(dsn) as db:
         yield db, broker
 
 
