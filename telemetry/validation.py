@@ -156,7 +156,7 @@ class Validator:
         """Accepted samples (remembered for the duplicate and jump checks), and the others with their reason.
 
         One loop with every rule written out: per sample it runs at the ingest rate (hundreds of thousands a
-        second, on the event loop), and a method call per rule and per remembered time cost a third of it.
+        second, on the event loop), and a method call per rule and per remembered time cost a fifth of it.
         The vehicle's state and the kind's speed limit are looked up again only when they change: the samples
         of a batched message come in a row.
         """
