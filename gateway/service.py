@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-from datetime import timedelta
 from typing import Any
 
 from drivers.base import Driver
@@ -165,16 +164,19 @@ class Gateway:
         log.info("API listening on http://%s:%s", self.settings.api.host, self.api_port)
 
     async def _housekeeping(self, st: storage.StorageSettings) -> None:
-        """`storage.maintain` at start, beside ingest (not before it), then every ``maintenance_interval``."""
-        interval: timedelta = self.settings.storage.maintenance_interval
+        """`storage.maintain` at start, beside ingest (not before it), then every ``maintenance_interval``;
+        a failed run (the database away at start) is retried within a minute."""
+        interval_s = self.settings.storage.maintenance_interval.total_seconds()
         while True:
             try:
                 report = await asyncio.to_thread(storage.maintain, self.dsn or "", st)
-                if report.get("created") or report.get("dropped"):
-                    log.info("storage housekeeping: %s", report)
             except Exception as exc:
                 log.warning("storage housekeeping failed (will retry): %s", exc)
-            await asyncio.sleep(interval.total_seconds())
+                await asyncio.sleep(min(interval_s, 60.0))
+                continue
+            if report.get("created") or report.get("dropped"):
+                log.info("storage housekeeping: %s", report)
+            await asyncio.sleep(interval_s)
 
     async def stop(self) -> None:
         """Drivers first, then the writer's final flush, then storage; safe to call twice."""

@@ -8,6 +8,7 @@ policies vs. native daily partitions created ahead and dropped by the same reten
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from dataclasses import dataclass
@@ -210,7 +211,13 @@ def partition_name(day: date) -> str:
 
 
 def ensure_partitions(conn: psycopg.Connection[Any], days: set[date]) -> None:
-    """Create the daily partitions of ``telemetry`` for ``days`` (plain PostgreSQL only; no-op otherwise)."""
+    """Create the daily partitions of ``telemetry`` for ``days`` (plain PostgreSQL only; no-op otherwise).
+
+    Safe beside another session creating the same day (the gateway's start-up housekeeping and its writer, two
+    gateways on one database at midnight): ``IF NOT EXISTS`` is checked before the lock, so the second creator
+    waits for the first and then fails with DuplicateTable. Each day has its own savepoint and that failure means
+    the partition is there: the caller's transaction (a batch of telemetry) goes on.
+    """
     if not days:
         return
     kind = conn.execute("SELECT relkind FROM pg_class WHERE oid = 'telemetry'::regclass").fetchone()
@@ -218,11 +225,11 @@ def ensure_partitions(conn: psycopg.Connection[Any], days: set[date]) -> None:
         return
     for day in sorted(days):
         start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-        conn.execute(
-            sql.SQL("CREATE TABLE IF NOT EXISTS {} PARTITION OF telemetry FOR VALUES FROM ({}) TO ({})").format(
-                sql.Identifier(partition_name(day)), sql.Literal(start), sql.Literal(start + timedelta(days=1))
-            )
+        create = sql.SQL("CREATE TABLE IF NOT EXISTS {} PARTITION OF telemetry FOR VALUES FROM ({}) TO ({})").format(
+            sql.Identifier(partition_name(day)), sql.Literal(start), sql.Literal(start + timedelta(days=1))
         )
+        with contextlib.suppress(psycopg.errors.DuplicateTable), conn.transaction():
+            conn.execute(create)
 
 
 def maintain(dsn: str, settings: StorageSettings, now: datetime | None = None) -> dict[str, Any]:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import threading
+import time
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -220,3 +222,35 @@ def test_time_is_indexed_by_brin_on_both_backends(db: str) -> None:
     almost nothing per inserted row (TimescaleDB's default b-tree on time cost a third of COPY's server time)."""
     assert _telemetry_indexes(db) == {("telemetry_time_brin", "brin", "time"),
                                       ("telemetry_vehicle_time_idx", "btree", "vehicle_key, time DESC")}
+
+
+def test_a_partition_another_session_creates_meanwhile_is_taken_as_it_is(pg_server: EmbeddedPostgres) -> None:
+    """The gateway's start-up housekeeping and its writer (or two gateways at midnight) may create the same
+    day's partition at once: the second waits for the first, then must go on, not fail its batch."""
+    dsn = fresh_database(pg_server.dsn, "partition_race")
+    storage.upgrade(dsn, storage.StorageSettings(backend="postgresql"), then_maintain=False)
+    day = date(2031, 1, 2)
+    first = psycopg.connect(dsn)
+    try:
+        storage.ensure_partitions(first, {day})  # not committed yet: the other session has to wait
+        outcome: dict[str, object] = {}
+
+        def second() -> None:
+            try:
+                with psycopg.connect(dsn) as conn, conn.transaction():
+                    storage.ensure_partitions(conn, {day})
+                    conn.execute("SELECT 1")  # the caller's transaction is still usable
+                outcome["ok"] = True
+            except Exception as exc:  # reported to the test thread
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=second)
+        thread.start()
+        time.sleep(0.3)
+        assert thread.is_alive()  # blocked behind the first session
+        first.commit()
+        thread.join(10)
+        assert outcome == {"ok": True}
+    finally:
+        first.close()
+    assert query(dsn, "SELECT count(*) FROM pg_tables WHERE tablename = %s", storage.partition_name(day)) == [(1,)]
