@@ -84,6 +84,9 @@ class ValidationLimits:
     ranges: dict[str, tuple[float | None, float | None]] = field(default_factory=lambda: dict(PHYSICAL_RANGES))
 
 
+_NO_VEHICLE = object()
+
+
 @dataclass(slots=True)
 class _VehicleState:
     last_lat: float | None = None
@@ -167,7 +170,7 @@ class Validator:
         good: list[Sample] = []
         bad: list[tuple[Sample, str]] = []
         keep, refuse = good.append, bad.append
-        vehicle: str | None = None
+        vehicle: object = _NO_VEHICLE  # no vehicle string is this object: the first sample looks its state up
         state = _VehicleState()
         kind: VehicleKind | None = None
         limit = 70.0

@@ -361,7 +361,7 @@ class _Store:
             storage.ensure_partitions(conn, days)
             self.partition_days |= days
 
-    def _copy_samples(self, conn: psycopg.Connection[Any], samples: list[Sample]) -> None:
+    def _copy_samples(self, conn: psycopg.Connection[Any], samples: list[Sample], *, retried: bool = False) -> None:
         keys = self.keys  # every sample's vehicle was registered by _register
         first, last = samples[0].key_time.date(), samples[-1].key_time.date()
         if self.backend == "postgresql" and not {first, last} <= self.partition_days:
@@ -394,10 +394,13 @@ class _Store:
                     if newest is not None:
                         _keep_newer(latest, newest)
             except psycopg.errors.CheckViolation:
-                if self.backend != "postgresql":
+                if self.backend != "postgresql" or retried:
                     raise
+                # A day this connection made may be gone since (retention drops old partitions): forget the
+                # batch's days, make whatever is missing, and try once more.
+                self.partition_days -= {s.key_time.date() for s in samples}
                 self._ensure_partitions(conn, samples)
-                self._copy_samples(conn, samples)
+                self._copy_samples(conn, samples, retried=True)
                 return
             cur.execute(_STAGE_SQL)
             with cur.copy(_STAGE_COPY_SQL) as copy:

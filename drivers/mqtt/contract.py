@@ -11,6 +11,7 @@ parsing, only so that validation can skip that check for its samples: see ``_Wir
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -184,13 +185,15 @@ def _wire_type(attribute: str, types: tuple[type, ...]) -> Any:
     the attribute's physical range when it has one (see ``RangeCheckedSample``)."""
     lo, hi = PHYSICAL_RANGES.get(attribute, (None, None))
     if types == (int,):
-        lo = _INT64_MIN if lo is None else max(int(lo), _INT64_MIN)
-        hi = _INT64_MAX if hi is None else min(int(hi), _INT64_MAX)
+        lo = _INT64_MIN if lo is None else max(math.ceil(lo), _INT64_MIN)  # an integer >= 0.5 is >= 1
+        hi = _INT64_MAX if hi is None else min(math.floor(hi), _INT64_MAX)
         return Annotated[int, msgspec.Meta(ge=lo, le=hi)] | None
     if types is _NUM:
         if lo is None and hi is None:
             return float | None
         return Annotated[float, msgspec.Meta(ge=lo, le=hi)] | None
+    if attribute in PHYSICAL_RANGES:  # a RangeCheckedSample would claim a check nobody made
+        raise TypeError(f"{attribute} has a physical range but the contract does not decode it as a number")
     (single,) = types
     return single | None
 

@@ -16,7 +16,8 @@ from the receiver's (re)connect until the last message is in:
 - ``sustained_samples_per_s``: the same run's commit rate between 10 % and 90 % of the samples committed, without
   the gateway's start and the drain of its queue after the last message (see ``_sustained_rate``).
 
-``lost`` = samples published - samples committed.
+``lost`` = samples published - samples committed - samples rejected by validation (those are kept in
+``rejected`` with their reason). Payloads the contract refuses are listed in ``rejected``.
 """
 
 from __future__ import annotations
@@ -207,15 +208,19 @@ async def _e2e(dsn: str, broker: EmbeddedMosquitto, stream: list[tuple[str, byte
     assert gw.pipeline is not None and gw.writer is not None
     deadline = time.monotonic() + 600
     idle_since, last = time.monotonic(), -1
-    progress: list[tuple[float, int]] = []  # (time, samples committed), every 5 ms
-    while gw.writer.stats.written < samples_total and time.monotonic() < deadline:
+    progress: list[tuple[float, int]] = []  # (monotonic time, samples committed), every 5 ms
+    while gw.pipeline.received < samples_total and time.monotonic() < deadline:
         await asyncio.sleep(0.005)
-        progress.append((time.time(), gw.writer.stats.written))
+        progress.append((time.monotonic(), gw.writer.stats.written))
         if gw.pipeline.received != last:
             idle_since, last = time.monotonic(), gw.pipeline.received
         elif time.monotonic() - idle_since > 10:
             break  # nothing more arrives: the rest is lost
-    await gw.writer.flush()
+    flushed = asyncio.ensure_future(gw.writer.flush())
+    while not flushed.done():  # the drain: still part of the run, and of the progress
+        await asyncio.wait({flushed}, timeout=0.005)
+        progress.append((time.monotonic(), gw.writer.stats.written))
+    await flushed
     elapsed = time.time() - started
     stats = gw.status()
     written = gw.writer.stats.written
@@ -223,11 +228,13 @@ async def _e2e(dsn: str, broker: EmbeddedMosquitto, stream: list[tuple[str, byte
     await gw.stop()
     return {"elapsed_s": elapsed, "written": written, "received": stats["pipeline"]["received"],
             "driver": stats["drivers"].get("mqtt", {}), "batches": batches,
-            "sustained_samples_per_s": _sustained_rate(progress, samples_total)}
+            "validation_rejected": stats["pipeline"]["rejected_by_reason"],
+            "sustained_samples_per_s": _sustained_rate(progress, written)}
 
 
 def _sustained_rate(progress: list[tuple[float, int]], total: int) -> float | None:
-    """Samples committed per second from the first commit past 10 % of ``total`` to the first past 90 %.
+    """Samples committed per second from the first commit past 10 % of ``total`` (what the run committed in the
+    end) to the first past 90 %.
 
     The run's own figure counts the gateway's start and the drain of its queue after the last message; this
     one is the rate in between, what a fleet that never stops sending would see. None when too few commits.
@@ -275,10 +282,12 @@ def run_mqtt_bench(*, cars: int = 1000, messages: int | None = None, batch: int 
         "ratio": round(msgs_per_s / ceiling, 3),
         "transport_msgs_per_s": round(transport),
         "pipeline_ratio": round(msgs_per_s / transport, 3),
-        "lost": samples_total - result["written"],
+        # Rejected samples are not lost: they are stored in `rejected` with their reason.
+        "lost": samples_total - result["written"] - sum(result["validation_rejected"].values()),
         "samples_committed": result["written"],
         "writer_batches": result["batches"],
         "elapsed_s": round(result["elapsed_s"], 3),
         "publisher_msgs_per_s": round(publish_rate),
-        "rejected": result["driver"].get("rejected_by_reason", {}),
+        "rejected": result["driver"].get("rejected_by_reason", {}),  # by the MQTT contract (a payload, an element)
+        "validation_rejected": result["validation_rejected"],  # samples, by the pipeline's validation
     }

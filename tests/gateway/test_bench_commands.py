@@ -42,6 +42,7 @@ def test_bench_mqtt_reports_the_issue_figures(db: str) -> None:
     for key in ("e2e_msgs_per_s", "e2e_samples_per_s", "ceiling_msgs_per_s", "ratio", "lost"):
         assert key in r
     assert r["lost"] == 0 and r["samples_committed"] == 4500 and r["rejected"] == {}
+    assert r["validation_rejected"] == {}
     sustained = r["sustained_samples_per_s"]  # None when the run was too short for commits past 10 % and 90 %
     assert sustained is None or sustained > 0
 

@@ -254,3 +254,25 @@ def test_a_partition_another_session_creates_meanwhile_is_taken_as_it_is(pg_serv
     finally:
         first.close()
     assert query(dsn, "SELECT count(*) FROM pg_tables WHERE tablename = %s", storage.partition_name(day)) == [(1,)]
+
+
+async def test_a_partition_dropped_under_the_writer_is_made_again(pg_server: EmbeddedPostgres, tmp_path: Path) -> None:
+    """Retention drops old daily partitions while the writer still remembers having made them: a late sample
+    for such a day (a replayed old log) gets its partition again, instead of the writer retrying on the cached
+    day until RecursionError and rejecting the batch."""
+    dsn = fresh_database(pg_server.dsn, "partition_dropped")
+    storage.upgrade(dsn, storage.StorageSettings(backend="postgresql"), then_maintain=False)
+    old = datetime(2025, 3, 4, 12, 0, tzinfo=UTC)
+    writer = TelemetryWriter(dsn, WriterSettings(spool_dir=str(tmp_path / "spool"), flush_interval_s=0.05))
+    await writer.start()
+    try:
+        await writer.submit([make_sample("car-01", old)])
+        await writer.flush()
+        with psycopg.connect(dsn, autocommit=True) as conn:  # what retention does
+            conn.execute(f"DROP TABLE {storage.partition_name(old.date())}")
+        await writer.submit([make_sample("car-01", old + timedelta(seconds=1), battery_pct=61.0)])
+        await writer.flush()
+    finally:
+        await writer.stop()
+    assert writer.stats.rejected == {}
+    assert query(dsn, "SELECT battery_pct FROM telemetry") == [(61.0,)]
