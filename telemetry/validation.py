@@ -146,26 +146,14 @@ class Validator:
         return bad[0][1] if bad else None
 
     def split(self, samples: list[Sample], source: str) -> tuple[list[Sample], list[Rejection]]:
-        """Partition a driver's samples into accepted ones and rejections ready to store.
-
-        A message's raw bytes are kept once, with the first of its samples rejected here: the samples of a
-        batched message share one payload, and a car with a skewed clock had its 12.8 KB message stored 50 times
-        (500 MB for 40 k rejected samples). Each rejection still has its own reason and ``describe`` detail.
-        """
+        """Partition a driver's samples into accepted ones and rejections ready to store."""
         now = utcnow()
         good, bad = self._partition(samples, now + timedelta(seconds=self.limits.max_future_s))
-        rejections: list[Rejection] = []
-        kept: set[int] = set()  # ids of the raw messages already kept by a rejection of this call
-        for s, reason in bad:
-            raw, detail = s.raw, describe(s)
-            if raw is not None:
-                if id(raw) in kept:
-                    raw, detail = None, detail + " (its message's raw bytes are with the first rejection from it)"
-                else:
-                    kept.add(id(raw))
-            rejections.append(Rejection(time=now, source=s.source or source, reason=reason, vehicle=s.vehicle,
-                                        detail=detail, raw=raw))
-        return good, rejections
+        return good, [
+            Rejection(time=now, source=s.source or source, reason=reason, vehicle=s.vehicle, detail=describe(s),
+                      raw=s.raw)
+            for s, reason in bad
+        ]
 
     def _partition(self, samples: list[Sample], horizon: datetime) -> tuple[list[Sample], list[tuple[Sample, str]]]:
         """Accepted samples (remembered for the duplicate and jump checks), and the others with their reason.

@@ -141,15 +141,3 @@ def test_a_range_checked_sample_skips_only_the_range_check_it_had() -> None:
     assert Validator(stricter).check(make_sample(**{k: v for k, v in fields.items() if k not in ("time", "vehicle")})
                                      ) == "out_of_range:battery_pct"
 
-
-def test_a_batched_message_keeps_its_raw_bytes_once_among_its_rejections() -> None:
-    """50 samples of one message share its payload: rejected together (a skewed clock), the payload is kept once,
-    every sample still has its own rejection, reason and detail."""
-    payload = b'[{"v": 1, "ts": 4102444800000}]' * 400  # 12.8 KB, as a batched message of 50 samples
-    future = datetime.now(UTC) + timedelta(days=365)
-    samples = [make_sample("car-01", vehicle_time=future + timedelta(seconds=i), raw=payload) for i in range(50)]
-    samples.append(make_sample("car-02", vehicle_time=future, raw=b"another message"))
-    good, bad = Validator().split(samples, source="test")
-    assert good == [] and len(bad) == 51 and {r.reason for r in bad} == {"future_timestamp"}
-    assert [r.raw for r in bad if r.raw is not None] == [payload, b"another message"]
-    assert len({r.detail for r in bad}) == 51  # each names its own sample

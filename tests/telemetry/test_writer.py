@@ -11,6 +11,7 @@ from helpers import make_sample, query, writer_settings
 from gateway.embedded import EmbeddedPostgres
 from telemetry import storage
 from telemetry.model import Event, Rejection, VehicleInfo, VehicleKind
+from telemetry.validation import Validator
 from telemetry.writer import Batch, TelemetryWriter
 
 pytestmark = pytest.mark.postgres
@@ -255,3 +256,22 @@ def test_a_spool_record_of_the_first_format_still_decodes() -> None:
     assert (s.vehicle, s.time, s.lat_deg, s.ground_speed_mps, s.mode, s.source) == (
         "car-1", t, 31.2, 8.3, "patrol", "mqtt:x")
     assert (s.seq, s.odometer_m, s.fuel_pct, s.rssi_dbm, s.extra) == (7, 1234.5, None, -71, {"siren": True})
+
+
+async def test_a_batched_message_keeps_its_raw_bytes_once_among_its_rejections(db: str, tmp_path: Path) -> None:
+    """50 samples of one message share its payload: rejected together (a skewed clock), the payload is stored
+    once, every sample still has its own rejection, reason and detail."""
+    payload = b'[{"v": 1, "ts": 4102444800000}]' * 400  # 12.8 KB, as a batched message of 50 samples
+    future = datetime.now(UTC) + timedelta(days=365)
+    samples = [make_sample("car-01", vehicle_time=future + timedelta(seconds=i), raw=payload) for i in range(50)]
+    samples.append(make_sample("car-02", vehicle_time=future, raw=b"another message"))
+    good, bad = Validator().split(samples, source="test")
+    assert good == [] and len(bad) == 51 and {r.reason for r in bad} == {"future_timestamp"}
+    writer = TelemetryWriter(db, writer_settings(tmp_path))
+    await writer.start()
+    await writer.submit(rejections=bad)
+    await writer.stop()
+    rows = query(db, "SELECT reason, detail, raw FROM rejected")
+    assert len(rows) == 51 and {reason for reason, _, _ in rows} == {"future_timestamp"}
+    assert sorted(raw for _, _, raw in rows if raw is not None) == sorted([payload, b"another message"])
+    assert len({detail for _, detail, _ in rows}) == 51  # each names its own sample
