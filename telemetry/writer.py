@@ -22,6 +22,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import operator
 import random
 import threading
 import time
@@ -80,6 +81,7 @@ _LATEST_SQL = (
     + ", ".join(f"{c} = EXCLUDED.{c}" for c in TELEMETRY_COLUMNS if c != "vehicle_key")
     + " WHERE vehicle_latest.time <= EXCLUDED.time"
 )
+_VEHICLE_OF = operator.attrgetter("vehicle")
 LAST_SEEN_EVERY_S = 10.0
 _TRANSIENT_CLASSES = {"08", "40", "53", "57", "58"}
 
@@ -263,6 +265,7 @@ class _Store:
             if self.backend is None:
                 raise RuntimeError("the database has no patrolgate schema; run `patrolgate db upgrade` first")
             self.keys = dict(self.conn.execute("SELECT id, key FROM vehicles").fetchall())
+            self.conn.execute(_STAGE_SQL)  # once per session: it outlives every batch's transaction
         self.partition_days = set()
 
     def close(self) -> None:
@@ -273,6 +276,11 @@ class _Store:
     def write(self, batch: Batch) -> bool:
         """Write ``batch`` in one transaction; False when its id was already committed (a replay).
 
+        Round trips are few on purpose: each one hands the GIL back to a busy event loop, and getting it back
+        took up to the switch interval (5 ms); a batch of eleven statements spent 50-60 ms of its database's
+        time on that. BEGIN and the batch id go in one pipeline, the upserts and COMMIT in another; only the
+        COPYs, and what is rare (new vehicles, events, rejections), have their own.
+
         Vehicle keys and partitions created inside the transaction are cached only once it commits: after a
         rollback they do not exist, and a stale cache would fail every later batch.
         """
@@ -280,22 +288,31 @@ class _Store:
         conn = self.conn
         keys_before, days_before = dict(self.keys), set(self.partition_days)
         try:
-            with conn.transaction():
-                cur = conn.execute(
+            with conn.pipeline():  # BEGIN is sent with the first statement
+                claimed = conn.execute(
                     "INSERT INTO ingest_batches (batch_id, rows) VALUES (%s, %s) ON CONFLICT DO NOTHING RETURNING 1",
                     (batch.id, batch.rows),
                 )
-                if cur.fetchone() is None:
-                    return False
-                self._register(conn, batch)
-                if batch.samples:
-                    self._copy_samples(conn, batch.samples)
+            if claimed.fetchone() is None:
+                conn.rollback()
+                return False
+            self._register(conn, batch)
+            with conn.cursor() as cur:
+                latest = self._copy_samples(conn, cur, batch.samples) if batch.samples else {}
                 if batch.events:
                     self._insert_events(conn, batch.events)
                 if batch.rejections:
                     self._insert_rejections(conn, batch.rejections)
+                with conn.pipeline():
+                    if latest:
+                        cur.execute(_LATEST_SQL)
+                        self._touch_last_seen(cur, latest)
+                    conn.commit()
         except BaseException:
             self.keys, self.partition_days = keys_before, days_before
+            if not conn.closed:
+                with contextlib.suppress(psycopg.Error):
+                    conn.rollback()
             raise
         return True
 
@@ -321,12 +338,13 @@ class _Store:
                 announced[v.vehicle] = row if before is None else tuple(
                     new if new is not None else old for new, old in zip(row, before, strict=True))
             self._upsert_vehicles(conn, list(announced.values()), update=True)
-        keys = self.keys
-        missing: dict[str, tuple[str, str, str | None, None, None, None]] = {}
-        for s in batch.samples:
-            if s.vehicle not in keys and s.vehicle not in missing:
-                missing[s.vehicle] = (s.vehicle, str(s.kind), s.source.split(":", 1)[0] or None, None, None, None)
-        if missing:
+        unknown = set(map(_VEHICLE_OF, batch.samples)).difference(self.keys)
+        if unknown:
+            missing: dict[str, tuple[str, str, str | None, None, None, None]] = {}
+            for s in batch.samples:
+                if s.vehicle in unknown and s.vehicle not in missing:
+                    missing[s.vehicle] = (s.vehicle, str(s.kind), s.source.split(":", 1)[0] or None, None, None,
+                                          None)
             self._upsert_vehicles(conn, list(missing.values()), update=False)
 
     def _upsert_vehicles(self, conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]], *, update: bool) -> None:
@@ -361,54 +379,65 @@ class _Store:
             storage.ensure_partitions(conn, days)
             self.partition_days |= days
 
-    def _copy_samples(self, conn: psycopg.Connection[Any], samples: list[Sample], *, retried: bool = False) -> None:
-        keys = self.keys  # every sample's vehicle was registered by _register
-        first, last = samples[0].key_time.date(), samples[-1].key_time.date()
-        if self.backend == "postgresql" and not {first, last} <= self.partition_days:
+    def _copy_samples(
+        self, conn: psycopg.Connection[Any], cur: psycopg.Cursor[Any], samples: list[Sample]
+    ) -> dict[int, tuple[Any, ...]]:
+        """COPY the samples into ``telemetry``, and each vehicle's newest row into ``latest_stage``; returns those
+        rows by vehicle key (the caller upserts ``vehicle_latest`` from the stage)."""
+        if self.backend == "postgresql":
+            latest = self._copy_into_partitions(conn, cur, samples)
+        else:
+            latest = self._copy_telemetry(cur, samples)
+        with cur.copy(_STAGE_COPY_SQL) as copy:
+            copy.set_types(_COPY_TYPES)
+            for row in latest.values():
+                copy.write_row(row)
+        return latest
+
+    def _copy_into_partitions(
+        self, conn: psycopg.Connection[Any], cur: psycopg.Cursor[Any], samples: list[Sample]
+    ) -> dict[int, tuple[Any, ...]]:
+        """Plain PostgreSQL: the COPY in a savepoint, so a row outside the known partitions (an old log, a skewed
+        clock) costs one retry with the partitions created, not a per-row check of every batch."""
+        if not {samples[0].key_time.date(), samples[-1].key_time.date()} <= self.partition_days:
             self._ensure_partitions(conn, samples)
+        try:
+            with conn.transaction():
+                return self._copy_telemetry(cur, samples)
+        except psycopg.errors.CheckViolation:
+            # A day this connection made may be gone since (retention drops old partitions): forget the batch's
+            # days, make whatever is missing, and try once more (a second failure fails the batch).
+            self.partition_days -= {s.key_time.date() for s in samples}
+            self._ensure_partitions(conn, samples)
+            return self._copy_telemetry(cur, samples)
+
+    def _copy_telemetry(self, cur: psycopg.Cursor[Any], samples: list[Sample]) -> dict[int, tuple[Any, ...]]:
+        """The binary COPY into ``telemetry``; returns each vehicle's newest row (by key time) by vehicle key."""
+        keys = self.keys  # every sample's vehicle was registered by _register
         latest: dict[int, tuple[Any, ...]] = {}
-        with conn.cursor() as cur:
-            # A savepoint, so a row outside the known partitions (an old log, a skewed clock) costs one retry
-            # with the partitions created, not a per-row check of every batch.
-            try:
-                with conn.transaction(), cur.copy(_COPY_SQL) as copy:
-                    copy.set_types(_COPY_TYPES)
-                    add = copy.write_row
-                    vehicle, key, newest = None, 0, None
-                    for s in samples:
-                        if s.vehicle is not vehicle:  # identity: the samples of one message share the string
-                            if newest is not None:
-                                _keep_newer(latest, newest)
-                            vehicle, newest = s.vehicle, None
-                            key = keys[vehicle]
-                        # The row written out in TELEMETRY_COLUMNS order (a function building it cost a call
-                        # per row): the two computed columns, then the Sample's attributes.
-                        t = s.vehicle_time or s.time
-                        row = (key, t, s.time, s.lat_deg, s.lon_deg, s.alt_msl_m, s.alt_rel_m, s.heading_deg,
-                               s.ground_speed_mps, s.climb_mps, s.roll_deg, s.pitch_deg, s.yaw_deg, s.battery_pct,
-                               s.battery_v, s.mode, s.armed, s.gps_fix, s.satellites, s.link_quality_pct,
-                               s.odometer_m, s.fuel_pct, s.rssi_dbm, s.seq, s.extra)
-                        add(row)
-                        if newest is None or newest[1] <= t:
-                            newest = row
+        with cur.copy(_COPY_SQL) as copy:
+            copy.set_types(_COPY_TYPES)
+            add = copy.write_row
+            vehicle, key, newest = None, 0, None
+            for s in samples:
+                if s.vehicle is not vehicle:  # identity: the samples of one message share the string
                     if newest is not None:
                         _keep_newer(latest, newest)
-            except psycopg.errors.CheckViolation:
-                if self.backend != "postgresql" or retried:
-                    raise
-                # A day this connection made may be gone since (retention drops old partitions): forget the
-                # batch's days, make whatever is missing, and try once more.
-                self.partition_days -= {s.key_time.date() for s in samples}
-                self._ensure_partitions(conn, samples)
-                self._copy_samples(conn, samples, retried=True)
-                return
-            cur.execute(_STAGE_SQL)
-            with cur.copy(_STAGE_COPY_SQL) as copy:
-                copy.set_types(_COPY_TYPES)
-                for row in latest.values():
-                    copy.write_row(row)
-            cur.execute(_LATEST_SQL)
-            self._touch_last_seen(cur, latest)
+                    vehicle, newest = s.vehicle, None
+                    key = keys[vehicle]
+                # The row written out in TELEMETRY_COLUMNS order (a function building it cost a call per row):
+                # the two computed columns, then the Sample's attributes.
+                t = s.vehicle_time or s.time
+                row = (key, t, s.time, s.lat_deg, s.lon_deg, s.alt_msl_m, s.alt_rel_m, s.heading_deg,
+                       s.ground_speed_mps, s.climb_mps, s.roll_deg, s.pitch_deg, s.yaw_deg, s.battery_pct,
+                       s.battery_v, s.mode, s.armed, s.gps_fix, s.satellites, s.link_quality_pct, s.odometer_m,
+                       s.fuel_pct, s.rssi_dbm, s.seq, s.extra)
+                add(row)
+                if newest is None or newest[1] <= t:
+                    newest = row
+            if newest is not None:
+                _keep_newer(latest, newest)
+        return latest
 
     def _touch_last_seen(self, cur: psycopg.Cursor[Any], latest: dict[int, tuple[Any, ...]]) -> None:
         """Move ``vehicles.last_seen`` forward, at most once per LAST_SEEN_EVERY_S per vehicle.
@@ -597,19 +626,18 @@ class TelemetryWriter:
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is left to tell
             self._loop.call_soon_threadsafe(callback, *args)
 
-    def _settle(self, acks: list[Ack], parts: int) -> None:
+    def _settle(self, acks: list[Ack], parts: int, room_made: bool = False) -> None:
+        """Run a written batch's acks; ``room_made``: the worker also took rows off the queue."""
         for ack in acks:
             try:
                 ack()
             except Exception:  # an ack callback must never stop the writer
                 log.exception("ack callback failed")
         self._unsettled -= parts
-        assert self._settled is not None
+        assert self._settled is not None and self._room is not None
         self._settled.set()
-
-    def _room_made(self) -> None:
-        assert self._room is not None
-        self._room.set()
+        if room_made:
+            self._room.set()
 
     def _worker_finished(self, failure: BaseException | None) -> None:
         self._failure = failure
@@ -683,27 +711,41 @@ class TelemetryWriter:
             self._post(self._worker_finished, failure)
 
     def _work_until_stopped(self) -> None:
-        while True:
-            with self._work:
-                self._wait_for_work()
-                if self._stopping and not self._pending:
-                    self._closed = True  # under the lock submit() appends with: nothing can slip in after
-                    break
-                batch, acks, parts = self._take_batch() if self._due() else (Batch(), [], 0)
-            if parts:
-                self._post(self._room_made)
-            try:
-                self._persist(batch)
-            except SpoolFullError:
-                # Nowhere to put it: keep it at the head of the queue and wait for the database.
+        # The last batch's acks wait for the next take, to go to the loop with its "room made" in one wake-up:
+        # each wake-up writes to the loop's socket, which hands the GIL to the busy loop and costs up to the
+        # switch interval (5 ms) to get back. When nothing is ready to take they go at once.
+        settled: tuple[list[Ack], int] = ([], 0)
+        try:
+            while True:
                 with self._work:
-                    self._pending.appendleft((time.monotonic(), batch, acks, parts))
-                    self._pending_rows += batch.rows
-                    self._pending_acks += len(acks)
-                    self._work.wait(min(1.0, self._backoff_s))
-                continue
-            if parts:
-                self._post(self._settle, acks, parts)
+                    ready = self._due() or self._stopping or self._retry_due()
+                if settled[1] and not ready:
+                    self._post(self._settle, *settled)
+                    settled = ([], 0)
+                with self._work:
+                    self._wait_for_work()
+                    if self._stopping and not self._pending:
+                        self._closed = True  # under the lock submit() appends with: nothing can slip in after
+                        break
+                    batch, acks, parts = self._take_batch() if self._due() else (Batch(), [], 0)
+                if parts or settled[1]:
+                    self._post(self._settle, *settled, bool(parts))
+                    settled = ([], 0)
+                try:
+                    self._persist(batch)
+                except SpoolFullError:
+                    # Nowhere to put it: keep it at the head of the queue and wait for the database.
+                    with self._work:
+                        self._pending.appendleft((time.monotonic(), batch, acks, parts))
+                        self._pending_rows += batch.rows
+                        self._pending_acks += len(acks)
+                        self._work.wait(min(1.0, self._backoff_s))
+                    continue
+                if parts:
+                    settled = (acks, parts)
+        finally:
+            if settled[1]:  # committed (or spooled): its producers are told even if the worker dies next
+                self._post(self._settle, *settled)
         if self._spool and self._spool.pending and self.stats.db_up:
             self._drain_spool()
 

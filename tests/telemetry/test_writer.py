@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
+import psycopg
 import pytest
 from helpers import make_sample, query, writer_settings
 
@@ -119,6 +120,38 @@ async def test_bad_row_is_isolated_and_the_rest_is_stored(db: str, tmp_path: Pat
     assert query(db, "SELECT count(*) FROM telemetry") == [(8,)]
     [(reason, vehicle)] = query(db, "SELECT reason, vehicle FROM rejected")
     assert reason.startswith("storage_error:") and vehicle == "car-01"
+
+
+async def test_a_failure_in_the_batch_s_last_statements_rolls_the_whole_batch_back(db: str,
+                                                                                    tmp_path: Path) -> None:
+    """The vehicle_latest upsert and COMMIT go to the server together, after the COPY: a failure there (here a
+    trigger refusing one vehicle) undoes the batch's telemetry too, the connection is rolled back, and the
+    isolated batches go on over it: the other vehicle's samples are stored, and the writer keeps serving."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(
+            "CREATE FUNCTION refuse_car_13() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF (SELECT id FROM vehicles WHERE key = NEW.vehicle_key) = 'car-13' THEN "
+            "RAISE EXCEPTION 'car-13 refused'; END IF; RETURN NEW; END $$"
+        )
+        conn.execute("CREATE TRIGGER refuse_car_13 BEFORE INSERT OR UPDATE ON vehicle_latest "
+                     "FOR EACH ROW EXECUTE FUNCTION refuse_car_13()")
+    writer = TelemetryWriter(db, writer_settings(tmp_path))
+    await writer.start()
+    t0 = datetime.now(UTC) - timedelta(minutes=10)
+    # Eight times over: psycopg prepares a statement on its fifth use, and a statement prepared in a pipeline
+    # that failed must not be taken as prepared afterwards.
+    for n in range(8):
+        await writer.submit([make_sample(car, t0 + timedelta(seconds=10 * n + i))
+                             for i in range(3) for car in ("car-12", "car-13")])
+        await writer.flush()
+        await writer.submit([make_sample("car-12", t0 + timedelta(seconds=10 * n + 9))])
+        await writer.flush()
+    await writer.stop()
+    stored = query(db, "SELECT v.id, count(*) FROM telemetry t JOIN vehicles v ON v.key = t.vehicle_key GROUP BY 1")
+    assert stored == [("car-12", 8 * 4)]
+    assert query(db, "SELECT v.id FROM vehicle_latest l JOIN vehicles v ON v.key = l.vehicle_key") == [("car-12",)]
+    rejected = query(db, "SELECT reason, vehicle FROM rejected")
+    assert rejected == [("storage_error:P0001", "car-13")] * 8 * 3
 
 
 async def test_a_row_no_encoder_can_write_is_kept_as_its_repr_and_the_writer_goes_on(db: str,
