@@ -29,7 +29,7 @@ import multiprocessing
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from paho.mqtt.properties import Properties
 
 from drivers.mqtt.client import MqttClient
 from gateway.bench import database
-from gateway.config import load_settings
+from gateway.config import GatewaySettings, load_settings
 from gateway.embedded import EmbeddedMosquitto
 from gateway.service import Gateway
 
@@ -191,36 +191,53 @@ def _services(dsn: str | None) -> Iterator[tuple[str, EmbeddedMosquitto]]:
         yield db, broker
 
 
-async def _e2e(dsn: str, broker: EmbeddedMosquitto, stream: list[tuple[str, bytes]], prefix: str,
-               samples_total: int, spool: Path) -> dict[str, Any]:
-    settings = load_settings(
+def _gateway_settings(dsn: str, broker_url: str, prefix: str, client_id: str, spool: Path,
+                      shared_group: str | None = None) -> GatewaySettings:
+    return load_settings(
         database={"dsn": dsn}, api={"enabled": False}, mavlink={"endpoints": []},
-        mqtt={"broker": broker.url, "prefix": prefix, "client_id": "bench-gateway", "max_inflight": 5000},
+        mqtt={"broker": broker_url, "prefix": prefix, "client_id": client_id, "max_inflight": 5000,
+              "shared_group": shared_group},
         writer={"spool_dir": str(spool)},
     )
+
+
+async def _record_progress(gw: Gateway, record: Callable[[int, int], None]) -> None:
+    """Every 5 ms until cancelled: ``record(samples committed, samples received)`` of ``gw``, from before its
+    start."""
+    while True:
+        record(gw.writer.stats.written if gw.writer else 0, gw.pipeline.received if gw.pipeline else 0)
+        await asyncio.sleep(0.005)
+
+
+async def _e2e(dsn: str, broker: EmbeddedMosquitto, stream: list[tuple[str, bytes]], prefix: str,
+               samples_total: int, spool: Path) -> dict[str, Any]:
+    settings = _gateway_settings(dsn, broker.url, prefix, "bench-gateway", spool)
     first = Gateway(settings)  # creates the gateway's persistent session and subscriptions
     await first.start()
     await first.stop()
     await asyncio.to_thread(_queue_stream, broker, stream)
     started = time.time()
     gw = Gateway(settings)
-    await gw.start()
-    assert gw.pipeline is not None and gw.writer is not None
-    deadline = time.monotonic() + 600
-    idle_since, last = time.monotonic(), -1
-    progress: list[tuple[float, int]] = []  # (monotonic time, samples committed), every 5 ms
-    while gw.pipeline.received < samples_total and time.monotonic() < deadline:
-        await asyncio.sleep(0.005)
-        progress.append((time.monotonic(), gw.writer.stats.written))
-        if gw.pipeline.received != last:
-            idle_since, last = time.monotonic(), gw.pipeline.received
-        elif time.monotonic() - idle_since > 10:
-            break  # nothing more arrives: the rest is lost
-    flushed = asyncio.ensure_future(gw.writer.flush())
-    while not flushed.done():  # the drain: still part of the run, and of the progress
-        await asyncio.wait({flushed}, timeout=0.005)
-        progress.append((time.monotonic(), gw.writer.stats.written))
-    await flushed
+    progress: list[tuple[float, int]] = []  # (monotonic time, samples committed), every 5 ms from the start
+    # Recorded beside start(), not after it: start() returns at the SUBACK, which the broker sends behind the
+    # queued stream, so a good part of the run is over by then.
+    recorder = asyncio.create_task(_record_progress(gw, lambda written, received: progress.append(
+        (time.monotonic(), written))))
+    try:
+        await gw.start()
+        assert gw.pipeline is not None and gw.writer is not None
+        deadline = time.monotonic() + 600
+        idle_since, last = time.monotonic(), -1
+        while gw.pipeline.received < samples_total and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+            if gw.pipeline.received != last:
+                idle_since, last = time.monotonic(), gw.pipeline.received
+            elif time.monotonic() - idle_since > 10:
+                break  # nothing more arrives: the rest is lost
+        await gw.writer.flush()  # the drain: still part of the run
+    finally:
+        recorder.cancel()
+    progress.append((time.monotonic(), gw.writer.stats.written))
     elapsed = time.time() - started
     stats = gw.status()
     written = gw.writer.stats.written
@@ -230,6 +247,100 @@ async def _e2e(dsn: str, broker: EmbeddedMosquitto, stream: list[tuple[str, byte
             "driver": stats["drivers"].get("mqtt", {}), "batches": batches,
             "validation_rejected": stats["pipeline"]["rejected_by_reason"],
             "sustained_samples_per_s": _sustained_rate(progress, written)}
+
+
+def _gateway_process(index: int, settings: GatewaySettings, ready: Any, go: Any, stop: Any, written: Any,
+                     received: Any, results: Any) -> None:
+    """Child process of ``_e2e_processes``: one gateway; its committed and received counts go to shared memory
+    every 5 ms, its pipeline's rejections to ``results`` when it stops."""
+
+    async def serve() -> None:
+        first = Gateway(settings)  # creates this member's persistent session and shared subscriptions
+        await first.start()
+        await first.stop()
+        ready.release()
+        while not go.is_set():
+            await asyncio.sleep(0.001)
+        gw = Gateway(settings)
+
+        def share(committed: int, taken: int) -> None:
+            written[index], received[index] = committed, taken
+
+        recorder = asyncio.create_task(_record_progress(gw, share))
+        await gw.start()
+        assert gw.pipeline is not None and gw.writer is not None
+        while not stop.is_set():
+            await asyncio.sleep(0.005)
+        await gw.writer.flush()
+        recorder.cancel()
+        flushed_at = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process of the machine
+        written[index] = gw.writer.stats.written
+        status, batches = gw.status(), gw.writer.stats.batches
+        await gw.stop()
+        results.put((flushed_at, batches, status["pipeline"]["rejected_by_reason"], status["drivers"].get("mqtt", {})))
+
+    asyncio.run(serve())
+
+
+def _e2e_processes(dsn: str, broker: EmbeddedMosquitto, stream: list[tuple[str, bytes]], prefix: str,
+                   samples_total: int, spool: Path, gateways: int) -> dict[str, Any]:
+    """The e2e run with ``gateways`` gateway processes on one shared subscription (the documented way to scale
+    past one process's interpreter lock): the clock runs from their go to the commit of the last sample."""
+    ctx = multiprocessing.get_context("spawn")
+    ready, go, stop = ctx.Semaphore(0), ctx.Event(), ctx.Event()
+    written, received = ctx.Array("q", gateways, lock=False), ctx.Array("q", gateways, lock=False)
+    results = ctx.Queue()
+    procs = [
+        ctx.Process(target=_gateway_process, daemon=True, args=(
+            i, _gateway_settings(dsn, broker.url, prefix, f"bench-gateway-{i + 1}", spool / str(i), "bench"),
+            ready, go, stop, written, received, results))
+        for i in range(gateways)
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        for _ in procs:
+            if not ready.acquire(timeout=120):
+                raise RuntimeError("a bench gateway process did not start")
+        _queue_stream(broker, stream)
+        started = time.monotonic()
+        go.set()
+        progress: list[tuple[float, int]] = []
+        idle_since, last = started, -1
+        while sum(written) < samples_total and time.monotonic() - started < 600:
+            time.sleep(0.005)
+            progress.append((time.monotonic(), sum(written)))
+            if sum(received) >= samples_total:
+                break  # all in: what is not committed yet is the gateways' drain (or rejected), timed below
+            if sum(received) != last:
+                idle_since, last = time.monotonic(), sum(received)
+            elif time.monotonic() - idle_since > 10:
+                break  # nothing more arrives: the rest is lost
+        finished = time.monotonic()
+        stop.set()
+        reports = [results.get(timeout=120) for _ in procs]
+    finally:
+        stop.set()
+        for proc in procs:
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+    if progress[-1][1] < samples_total:  # the drain after the last message: until the gateways' last commit
+        finished = max(finished, *(flushed_at for flushed_at, *_ in reports))
+        progress.append((finished, sum(written)))
+    validation: dict[str, int] = {}
+    rejected: dict[str, int] = {}
+    for _, _, by_reason, driver in reports:
+        for reason, n in by_reason.items():
+            validation[reason] = validation.get(reason, 0) + n
+        for reason, n in driver.get("rejected_by_reason", {}).items():
+            rejected[reason] = rejected.get(reason, 0) + n
+    total_written = sum(written)
+    return {"elapsed_s": finished - started, "written": total_written, "received": sum(received),
+            "driver": {"rejected_by_reason": rejected}, "batches": sum(r[1] for r in reports),
+            "validation_rejected": validation,
+            "sustained_samples_per_s": _sustained_rate(progress, total_written),
+            "per_gateway_samples": list(written)}
 
 
 def _sustained_rate(progress: list[tuple[float, int]], total: int) -> float | None:
@@ -246,7 +357,7 @@ def _sustained_rate(progress: list[tuple[float, int]], total: int) -> float | No
     return (high[1] - low[1]) / (high[0] - low[0])
 
 
-def run_mqtt_bench(*, cars: int = 1000, messages: int | None = None, batch: int = 1,
+def run_mqtt_bench(*, cars: int = 1000, messages: int | None = None, batch: int = 1, gateways: int = 1,
                    dsn: str | None = None) -> dict[str, Any]:
     """Run the benchmark; returns the figures (see the module docstring).
 
@@ -267,12 +378,16 @@ def run_mqtt_bench(*, cars: int = 1000, messages: int | None = None, batch: int 
         del ceiling_stream
         stream = make_stream(cars, messages, batch, "bench/e2e", start_ms)
         samples_total = len(stream) * batch
-        result = asyncio.run(_e2e(db, broker, stream, "bench/e2e", samples_total, Path(tmp) / "spool"))
+        if gateways == 1:
+            result = asyncio.run(_e2e(db, broker, stream, "bench/e2e", samples_total, Path(tmp) / "spool"))
+        else:
+            result = _e2e_processes(db, broker, stream, "bench/e2e", samples_total, Path(tmp) / "spool", gateways)
     msgs_per_s = len(stream) / result["elapsed_s"]
     return {
         "cars": cars,
         "messages": len(stream),
         "batch": batch,
+        "gateways": gateways,
         "payload_bytes_avg": round(sum(len(p) for _, p in stream) / len(stream)),
         "e2e_msgs_per_s": round(msgs_per_s),
         "e2e_samples_per_s": round(msgs_per_s * batch),
@@ -290,4 +405,5 @@ def run_mqtt_bench(*, cars: int = 1000, messages: int | None = None, batch: int 
         "publisher_msgs_per_s": round(publish_rate),
         "rejected": result["driver"].get("rejected_by_reason", {}),  # by the MQTT contract (a payload, an element)
         "validation_rejected": result["validation_rejected"],  # samples, by the pipeline's validation
+        **({"per_gateway_samples": result["per_gateway_samples"]} if gateways > 1 else {}),
     }

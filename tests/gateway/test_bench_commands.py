@@ -47,6 +47,15 @@ def test_bench_mqtt_reports_the_issue_figures(db: str) -> None:
     assert sustained is None or sustained > 0
 
 
+@pytest.mark.mqtt
+def test_bench_mqtt_with_two_gateway_processes_on_one_shared_subscription(db: str) -> None:
+    r = _bench("mqtt", "--cars", "50", "--messages", "1500", "--batch", "3", "--gateways", "2", dsn=db)
+    assert r["gateways"] == 2 and r["lost"] == 0 and r["samples_committed"] == 4500
+    shares = r["per_gateway_samples"]
+    assert sum(shares) == 4500 and min(shares) > 0, shares  # type: ignore[arg-type, call-overload]
+    assert r["e2e_samples_per_s"] and r["writer_batches"]
+
+
 def test_sustained_rate_is_the_commit_rate_between_10_and_90_percent() -> None:
     from gateway.bench.mqtt import _sustained_rate
 
