@@ -100,6 +100,7 @@ class Gateway:
         self._pg: EmbeddedPostgres | None = None
         self._broker: EmbeddedMosquitto | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self._maintaining: asyncio.Future[dict[str, Any]] | None = None  # storage.maintain in its thread
         self._api_server: Any = None
         self._stopped = asyncio.Event()
 
@@ -168,8 +169,11 @@ class Gateway:
         a failed run (the database away at start) is retried within a minute."""
         interval_s = self.settings.storage.maintenance_interval.total_seconds()
         while True:
+            # Shielded, and awaited by stop(): a cancel cannot stop the thread, which would go on against a
+            # database that stop() is shutting down.
+            self._maintaining = asyncio.ensure_future(asyncio.to_thread(storage.maintain, self.dsn or "", st))
             try:
-                report = await asyncio.to_thread(storage.maintain, self.dsn or "", st)
+                report = await asyncio.shield(self._maintaining)
             except Exception as exc:
                 log.warning("storage housekeeping failed (will retry): %s", exc)
                 await asyncio.sleep(min(interval_s, 60.0))
@@ -194,6 +198,10 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        if self._maintaining is not None:
+            with contextlib.suppress(Exception):  # its failure was logged by housekeeping, or does not matter now
+                await self._maintaining
+            self._maintaining = None
         writer_failure: BaseException | None = None
         if self.writer is not None:
             try:

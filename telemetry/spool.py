@@ -14,10 +14,16 @@ never acknowledged to anyone, and is logged and discarded.
 
 Full behaviour: ``append`` raises ``SpoolFullError`` past ``max_bytes``; the writer then stops taking
 batches, which blocks the drivers (backpressure) instead of dropping data.
+
+One owner: a spool holds an exclusive ``flock`` on ``spool.lock`` in its folder until ``close``. Two gateway
+instances given the same folder (easy to do when scaling out with one config file) would replay each other's
+batches and delete each other's segments; the second one fails at start with ``SpoolInUseError`` instead.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import struct
@@ -25,7 +31,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Spool", "SpoolFullError", "SpoolRecord"]
+__all__ = ["Spool", "SpoolFullError", "SpoolInUseError", "SpoolRecord"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +41,10 @@ _HEADER = struct.Struct(">4sII")
 
 class SpoolFullError(RuntimeError):
     """The spool holds ``max_bytes`` already; the caller must wait for the database."""
+
+
+class SpoolInUseError(RuntimeError):
+    """Another spool (another process, or another writer of this one) owns the folder."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,12 +60,37 @@ class Spool:
     def __init__(self, directory: Path | str, max_bytes: int = 2 << 30, segment_bytes: int = 64 << 20) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock_fd: int | None = self._lock()
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes
         self._segments = sorted(self._seq(p) for p in self.directory.glob("spool-*.seg"))
         self._read_seg = self._segments[0] if self._segments else None
         self._read_off = 0
         self._pending = self._count_records()
+
+    def _lock(self) -> int:
+        """The folder's lock, held until ``close`` (or the process ends); the owner's pid is in the file."""
+        path = self.directory / "spool.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise SpoolInUseError(
+                f"the spool folder {self.directory} is in use (pid {owner}); give each gateway instance its own "
+                "[writer] spool_dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd
+
+    def close(self) -> None:
+        """Release the folder; safe to call twice."""
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)
+            self._lock_fd = None
 
     @staticmethod
     def _seq(path: Path) -> int:

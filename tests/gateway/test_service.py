@@ -9,6 +9,7 @@ import textwrap
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 from helpers import fresh_database, query
 
@@ -94,6 +95,39 @@ def test_validation_rejections_are_stored_with_reason(db: str, tmp_path: Path) -
     assert sorted(query(db, "SELECT reason, vehicle FROM rejected")) == [
         ("duplicate", "car-01"), ("invalid_coordinates", "car-02")]
     assert pipeline.stats()["rejected_by_reason"] == {"duplicate": 1, "invalid_coordinates": 1}
+
+
+async def test_stop_waits_for_a_storage_maintenance_under_way(pg_server: EmbeddedPostgres, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Maintenance runs in a thread, which cancelling housekeeping cannot stop: stop() waits for it, so it never
+    goes on against a database being shut down. The database is made slow by a lock the test holds."""
+    dsn = fresh_database(pg_server.dsn, "stop_waits_for_maintenance")
+    storage.upgrade(dsn, storage.StorageSettings(backend="postgresql"), then_maintain=False)
+    finished: list[dict[str, object]] = []
+    maintain = storage.maintain
+
+    def recorded(*args: object, **kwargs: object) -> dict[str, object]:
+        report = maintain(*args, **kwargs)  # type: ignore[arg-type]
+        finished.append(report)
+        return report
+
+    monkeypatch.setattr(storage, "maintain", recorded)
+    settings = load_settings(
+        database={"dsn": dsn}, api={"enabled": False}, mavlink={"endpoints": []},
+        storage={"backend": "postgresql", "partitions_ahead_days": 3}, writer={"spool_dir": str(tmp_path)},
+    )
+    with psycopg.connect(dsn) as blocker:
+        blocker.execute("LOCK TABLE telemetry IN ACCESS EXCLUSIVE MODE")  # maintenance waits for this lock
+        gw = Gateway(settings)
+        await gw.start()
+        await asyncio.sleep(0.3)
+        assert not finished
+        stopping = asyncio.create_task(gw.stop())
+        await asyncio.sleep(0.3)
+        assert not stopping.done()  # waiting for the maintenance, not gone past it
+        blocker.rollback()
+        await asyncio.wait_for(stopping, 30)
+    assert finished and finished[0]["created"]
 
 
 async def test_storage_maintenance_runs_at_start_beside_ingest(pg_server: EmbeddedPostgres, tmp_path: Path) -> None:

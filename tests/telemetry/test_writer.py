@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -253,6 +255,7 @@ async def test_spool_left_by_a_crash_is_replayed_at_start_without_duplicates(db:
     spool = Spool(tmp_path / "spool")
     spool.append(committed.encode())
     spool.append(pending.encode())
+    spool.close()
     with open(next((tmp_path / "spool").glob("spool-*.seg")), "ab") as fh:
         fh.write(b"PGSP\x00\x00\x10\x00")  # a torn record: the crash happened mid-append
     second = TelemetryWriter(db, writer_settings(tmp_path))
@@ -262,6 +265,28 @@ async def test_spool_left_by_a_crash_is_replayed_at_start_without_duplicates(db:
     await second.stop()
     assert query(db, "SELECT count(*) FROM telemetry") == [(8,)]
     assert second.stats.replayed == 4
+
+
+async def test_a_spool_folder_has_one_owner(db: str, tmp_path: Path) -> None:
+    """Two writers (two gateway instances started with one config file) on one spool folder would replay and
+    delete each other's batches: the second fails at start and says why; once the first stops, the folder is
+    free. Another process is refused the same way (flock)."""
+    from telemetry.spool import SpoolInUseError
+
+    first = TelemetryWriter(db, writer_settings(tmp_path))
+    await first.start()
+    second = TelemetryWriter(db, writer_settings(tmp_path))
+    with pytest.raises(SpoolInUseError, match=r"in use \(pid \d+\).*own \[writer\] spool_dir"):
+        await second.start()
+    probe = "from telemetry.spool import Spool; import sys; Spool(sys.argv[1])"
+    other = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "spool")], capture_output=True, text=True)
+    assert other.returncode != 0 and "SpoolInUseError" in other.stderr
+    await first.submit([make_sample("car-01")])
+    await first.stop()
+    third = TelemetryWriter(db, writer_settings(tmp_path))
+    await third.start()
+    await third.stop()
+    assert query(db, "SELECT count(*) FROM telemetry") == [(1,)]
 
 
 def test_batch_encoding_round_trip() -> None:
