@@ -29,6 +29,10 @@ __all__ = ["Gateway", "storage_settings", "writer_settings"]
 
 log = logging.getLogger(__name__)
 
+#: How long stop() waits for a storage maintenance under way (each of its statements gives up on a lock after
+#: ``storage.MAINTAIN_LOCK_TIMEOUT_MS``) before stopping storage anyway.
+MAINTENANCE_STOP_WAIT_S = 30.0
+
 
 def storage_settings(settings: GatewaySettings) -> storage.StorageSettings:
     s = settings.storage
@@ -199,8 +203,13 @@ class Gateway:
                 await task
         self._tasks.clear()
         if self._maintaining is not None:
-            with contextlib.suppress(Exception):  # its failure was logged by housekeeping, or does not matter now
-                await self._maintaining
+            try:
+                await asyncio.wait_for(asyncio.shield(self._maintaining), MAINTENANCE_STOP_WAIT_S)
+            except TimeoutError:
+                log.warning("storage housekeeping still running after %.0f s; stopping without it",
+                            MAINTENANCE_STOP_WAIT_S)
+            except Exception:  # its failure was logged by housekeeping, or does not matter now
+                pass
             self._maintaining = None
         writer_failure: BaseException | None = None
         if self.writer is not None:

@@ -61,12 +61,16 @@ class Spool:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock_fd: int | None = self._lock()
-        self.max_bytes = max_bytes
-        self.segment_bytes = segment_bytes
-        self._segments = sorted(self._seq(p) for p in self.directory.glob("spool-*.seg"))
-        self._read_seg = self._segments[0] if self._segments else None
-        self._read_off = 0
-        self._pending = self._count_records()
+        try:
+            self.max_bytes = max_bytes
+            self.segment_bytes = segment_bytes
+            self._segments = sorted(self._seq(p) for p in self.directory.glob("spool-*.seg") if self._is_segment(p))
+            self._read_seg = self._segments[0] if self._segments else None
+            self._read_off = 0
+            self._pending = self._count_records()
+        except BaseException:
+            self.close()
+            raise
 
     def _lock(self) -> int:
         """The folder's lock, held until ``close`` (or the process ends); the owner's pid is in the file."""
@@ -81,6 +85,9 @@ class Spool:
                 f"the spool folder {self.directory} is in use (pid {owner}); give each gateway instance its own "
                 "[writer] spool_dir"
             ) from None
+        except BaseException:  # a file system without flock, say: the error as it is, without the descriptor
+            os.close(fd)
+            raise
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         return fd
@@ -91,6 +98,23 @@ class Spool:
             with contextlib.suppress(OSError):
                 os.close(self._lock_fd)
             self._lock_fd = None
+
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # a spool dropped without close() must not lock its folder for the process's life
+        with contextlib.suppress(Exception):  # at interpreter exit what close() needs may be gone; so is the lock
+            self.close()
+
+    @staticmethod
+    def _is_segment(path: Path) -> bool:
+        if path.stem[len("spool-"):].isdigit():
+            return True
+        log.warning("ignoring %s in the spool folder: not a spool segment name", path.name)
+        return False
 
     @staticmethod
     def _seq(path: Path) -> int:

@@ -232,6 +232,10 @@ def ensure_partitions(conn: psycopg.Connection[Any], days: set[date]) -> None:
             conn.execute(create)
 
 
+#: How long one maintenance statement waits for a lock (milliseconds) before the run fails and is retried.
+MAINTAIN_LOCK_TIMEOUT_MS = 10_000
+
+
 def maintain(dsn: str, settings: StorageSettings, now: datetime | None = None) -> dict[str, Any]:
     """Housekeeping the gateway runs at start and then hourly.
 
@@ -242,6 +246,8 @@ def maintain(dsn: str, settings: StorageSettings, now: datetime | None = None) -
     now = now or datetime.now(UTC)
     report: dict[str, Any] = {"created": [], "dropped": []}
     with psycopg.connect(dsn, autocommit=True) as conn:
+        # A long query holding a lock on telemetry fails this run (retried later), not the gateway's stop.
+        conn.execute(f"SET lock_timeout = {MAINTAIN_LOCK_TIMEOUT_MS}")
         backend = current_backend(conn)
         report["backend"] = backend
         if backend == "postgresql":

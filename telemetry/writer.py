@@ -3,10 +3,14 @@
 Flow. ``submit`` puts samples (plus events, rejections, vehicle registrations) on a bounded queue; when the
 queue holds ``queue_max_rows`` it blocks the caller (backpressure to the drivers). One worker thread takes a
 batch itself when ``batch_rows`` are queued or the oldest entry is ``flush_interval_s`` old, and writes it in a
-single transaction: register new vehicles, binary COPY into ``telemetry``, upsert ``vehicle_latest`` (only when
-newer: out-of-order samples never move it back), insert events and rejections, record the batch id in
-``ingest_batches``, commit. A sample counts as stored only after that commit; the ``ack`` callbacks given to
+single transaction: record the batch id in ``ingest_batches``, register new vehicles, binary COPY into
+``telemetry``, insert events and rejections, upsert ``vehicle_latest`` (only when newer: out-of-order samples
+never move it back), commit. A sample counts as stored only after that commit; the ``ack`` callbacks given to
 ``submit`` run then, on the event loop, in commit order (or once the batch is fsynced to the spool).
+
+Several writers on one database (gateway instances on a shared subscription) take the row locks of
+``vehicles`` and ``vehicle_latest`` in key order, so they wait for each other but never deadlock; a deadlock or
+serialization failure that happens anyway is retried at once.
 
 Errors, sorted by SQLSTATE class as Telegraf's PostgreSQL output does: connection loss and classes 08, 40, 53,
 57, 58 are transient: the batch goes to the on-disk spool and the writer reconnects with capped, jittered,
@@ -76,7 +80,7 @@ _STAGE_SQL = "CREATE TEMP TABLE IF NOT EXISTS latest_stage (LIKE vehicle_latest)
 _COPY_SQL = f"COPY telemetry ({_COLUMN_LIST}) FROM STDIN (FORMAT BINARY)"
 _STAGE_COPY_SQL = f"COPY latest_stage ({_COLUMN_LIST}) FROM STDIN (FORMAT BINARY)"
 _LATEST_SQL = (
-    f"INSERT INTO vehicle_latest ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM latest_stage "
+    f"INSERT INTO vehicle_latest ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM latest_stage ORDER BY vehicle_key "
     "ON CONFLICT (vehicle_key) DO UPDATE SET "
     + ", ".join(f"{c} = EXCLUDED.{c}" for c in TELEMETRY_COLUMNS if c != "vehicle_key")
     + " WHERE vehicle_latest.time <= EXCLUDED.time"
@@ -257,6 +261,9 @@ class _Store:
     def connect(self) -> None:
         if self.conn is not None and not self.conn.closed:
             return
+        if not psycopg.Pipeline.is_supported():  # not a database error: every batch would fail as bad data
+            raise RuntimeError(f"the writer needs libpq 14 or newer for pipeline mode; this one is "
+                               f"{psycopg.pq.version()} (install psycopg[binary], which bundles a recent libpq)")
         self.conn = psycopg.connect(self.dsn, autocommit=False, connect_timeout=5)
         set_json_dumps(orjson.dumps, context=self.conn)
         self.conn.adapters.register_dumper(None, _JsonbCopyDumper)
@@ -304,11 +311,15 @@ class _Store:
                     self._insert_events(conn, batch.events)
                 if batch.rejections:
                     self._insert_rejections(conn, batch.rejections)
+                touched: list[int] = []
                 with conn.pipeline():
                     if latest:
                         cur.execute(_LATEST_SQL)
-                        self._touch_last_seen(cur, latest)
+                        touched = self._touch_last_seen(cur, latest)
                     conn.commit()
+            now = time.monotonic()
+            for key in touched:  # only once committed: a rolled-back update must be made again
+                self.last_seen_at[key] = now
         except BaseException:
             self.keys, self.partition_days = keys_before, days_before
             if not conn.closed:
@@ -440,23 +451,25 @@ class _Store:
                 _keep_newer(latest, newest)
         return latest
 
-    def _touch_last_seen(self, cur: psycopg.Cursor[Any], latest: dict[int, tuple[Any, ...]]) -> None:
-        """Move ``vehicles.last_seen`` forward, at most once per LAST_SEEN_EVERY_S per vehicle.
+    def _touch_last_seen(self, cur: psycopg.Cursor[Any], latest: dict[int, tuple[Any, ...]]) -> list[int]:
+        """Move ``vehicles.last_seen`` forward, at most once per LAST_SEEN_EVERY_S per vehicle; returns the keys
+        updated (the caller marks them once the transaction commits).
 
         The exact last contact is ``vehicle_latest.received_at``; the registry column only needs to be close,
         and updating 1,000 registry rows in every batch cost more than the batch's vehicle_latest upsert.
         """
         now = time.monotonic()
-        due = [k for k in latest if now - self.last_seen_at.get(k, -1e9) >= LAST_SEEN_EVERY_S]
-        if not due:
-            return
-        cur.execute(
-            "UPDATE vehicles v SET last_seen = greatest(v.last_seen, u.t) "
-            "FROM unnest(%s::int[], %s::timestamptz[]) AS u(k, t) WHERE v.key = u.k",
-            (due, [latest[k][2] for k in due]),
-        )
-        for k in due:
-            self.last_seen_at[k] = now
+        due = sorted(k for k in latest if now - self.last_seen_at.get(k, -1e9) >= LAST_SEEN_EVERY_S)
+        if due:
+            # Locked in key order first (the UPDATE's join may visit them in any order): no deadlock with
+            # another writer touching the same vehicles.
+            cur.execute("SELECT 1 FROM vehicles WHERE key = ANY(%s) ORDER BY key FOR NO KEY UPDATE", (due,))
+            cur.execute(
+                "UPDATE vehicles v SET last_seen = greatest(v.last_seen, u.t) "
+                "FROM unnest(%s::int[], %s::timestamptz[]) AS u(k, t) WHERE v.key = u.k",
+                (due, [latest[k][2] for k in due]),
+            )
+        return due
 
     def _insert_events(self, conn: psycopg.Connection[Any], events: list[Event]) -> None:
         rows = []
@@ -544,6 +557,9 @@ class TelemetryWriter:
                 raise
             log.warning("database not reachable at start (%s); spooling until it is", exc)
             self.stats.db_up = False
+        except BaseException:  # cancelled: no worker will ever own the spool
+            self._spool.close()
+            raise
         # Only now: after a failed start, stop() has nothing to wait for and submit() refuses.
         self._room, self._settled = asyncio.Event(), asyncio.Event()
         self._finished = self._loop.create_future()
@@ -826,7 +842,13 @@ class TelemetryWriter:
         started = time.perf_counter()
         try:
             self._store.connect()
-            written = self._store.write(batch)
+            try:
+                written = self._store.write(batch)
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as exc:
+                # Another writer's transaction in the way: nothing is wrong with the database, so once more at
+                # once rather than spooling and backing off as for a lost connection.
+                log.info("batch retried after %s", type(exc).__name__)
+                written = self._store.write(batch)
         except Exception as exc:
             if is_transient(exc) or not isolate_bad_rows:
                 raise

@@ -14,7 +14,9 @@ from the receiver's (re)connect until the last message is in:
 - figure: the gateway (MQTT driver -> validation -> writer -> a real PostgreSQL, PUBACK only after commit)
   draining the same stream, timed from its start to the commit of the last sample;
 - ``sustained_samples_per_s``: the same run's commit rate between 10 % and 90 % of the samples committed, without
-  the gateway's start and the drain of its queue after the last message (see ``_sustained_rate``).
+  the gateway's start and the drain of its queue after the last message (see ``_sustained_rate``);
+- ``gateways`` > 1: the figure is that many gateway processes on one shared subscription (``$share/bench/...``),
+  one database, timed from their common go to the last commit; ``per_gateway_samples`` shows the broker's split.
 
 ``lost`` = samples published - samples committed - samples rejected by validation (those are kept in
 ``rejected`` with their reason). Payloads the contract refuses are listed in ``rejected``.
@@ -26,6 +28,8 @@ import asyncio
 import contextlib
 import math
 import multiprocessing
+import os
+import queue
 import tempfile
 import threading
 import time
@@ -252,32 +256,45 @@ async def _e2e(dsn: str, broker: EmbeddedMosquitto, stream: list[tuple[str, byte
 def _gateway_process(index: int, settings: GatewaySettings, ready: Any, go: Any, stop: Any, written: Any,
                      received: Any, results: Any) -> None:
     """Child process of ``_e2e_processes``: one gateway; its committed and received counts go to shared memory
-    every 5 ms, its pipeline's rejections to ``results`` when it stops."""
+    every 5 ms; when told to stop it flushes and reports the time of its last commit, its writer's batches and
+    its rejections. It ends by itself if the bench process is gone."""
+    parent = os.getppid()
+
+    async def until(event: Any, poll_s: float) -> None:
+        while not event.is_set():
+            if os.getppid() != parent:
+                raise SystemExit("the bench process is gone")
+            await asyncio.sleep(poll_s)
 
     async def serve() -> None:
         first = Gateway(settings)  # creates this member's persistent session and shared subscriptions
         await first.start()
         await first.stop()
         ready.release()
-        while not go.is_set():
-            await asyncio.sleep(0.001)
+        await until(go, 0.001)
         gw = Gateway(settings)
+        last_commit = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process of the machine
 
         def share(committed: int, taken: int) -> None:
+            nonlocal last_commit
+            if committed != written[index]:
+                last_commit = time.monotonic()
             written[index], received[index] = committed, taken
 
         recorder = asyncio.create_task(_record_progress(gw, share))
-        await gw.start()
-        assert gw.pipeline is not None and gw.writer is not None
-        while not stop.is_set():
-            await asyncio.sleep(0.005)
-        await gw.writer.flush()
-        recorder.cancel()
-        flushed_at = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process of the machine
-        written[index] = gw.writer.stats.written
-        status, batches = gw.status(), gw.writer.stats.batches
-        await gw.stop()
-        results.put((flushed_at, batches, status["pipeline"]["rejected_by_reason"], status["drivers"].get("mqtt", {})))
+        try:
+            await gw.start()
+            assert gw.pipeline is not None and gw.writer is not None
+            await until(stop, 0.005)
+            await gw.writer.flush()
+            share(gw.writer.stats.written, gw.pipeline.received)
+            status = gw.status()
+            report = (last_commit, gw.writer.stats.batches, status["pipeline"]["rejected_by_reason"],
+                      status["drivers"].get("mqtt", {}))
+        finally:
+            recorder.cancel()
+            await gw.stop()
+        results.put(report)
 
     asyncio.run(serve())
 
@@ -285,7 +302,7 @@ def _gateway_process(index: int, settings: GatewaySettings, ready: Any, go: Any,
 def _e2e_processes(dsn: str, broker: EmbeddedMosquitto, stream: list[tuple[str, bytes]], prefix: str,
                    samples_total: int, spool: Path, gateways: int) -> dict[str, Any]:
     """The e2e run with ``gateways`` gateway processes on one shared subscription (the documented way to scale
-    past one process's interpreter lock): the clock runs from their go to the commit of the last sample."""
+    past one process's interpreter lock): the clock runs from their go to the last commit of any of them."""
     ctx = multiprocessing.get_context("spawn")
     ready, go, stop = ctx.Semaphore(0), ctx.Event(), ctx.Event()
     written, received = ctx.Array("q", gateways, lock=False), ctx.Array("q", gateways, lock=False)
@@ -296,38 +313,51 @@ def _e2e_processes(dsn: str, broker: EmbeddedMosquitto, stream: list[tuple[str, 
             ready, go, stop, written, received, results))
         for i in range(gateways)
     ]
+
+    def check_alive() -> None:
+        failed = [proc.exitcode for proc in procs if proc.exitcode not in (None, 0)]
+        if failed:
+            raise RuntimeError(f"a bench gateway process failed (exit codes {[p.exitcode for p in procs]})")
+
     for proc in procs:
         proc.start()
     try:
         for _ in procs:
-            if not ready.acquire(timeout=120):
-                raise RuntimeError("a bench gateway process did not start")
+            deadline = time.monotonic() + 120
+            while not ready.acquire(timeout=0.5):
+                check_alive()
+                if time.monotonic() > deadline:
+                    raise RuntimeError("a bench gateway process did not start within 120 s")
         _queue_stream(broker, stream)
         started = time.monotonic()
         go.set()
-        progress: list[tuple[float, int]] = []
-        idle_since, last = started, -1
-        while sum(written) < samples_total and time.monotonic() - started < 600:
+        progress: list[tuple[float, int]] = []  # sampled through the gateways' drain, until their reports
+        reports: list[tuple[float, int, dict[str, int], dict[str, Any]]] = []
+        idle_since, last, stopped_at = started, -1, None
+        while len(reports) < gateways:
             time.sleep(0.005)
             progress.append((time.monotonic(), sum(written)))
-            if sum(received) >= samples_total:
-                break  # all in: what is not committed yet is the gateways' drain (or rejected), timed below
-            if sum(received) != last:
-                idle_since, last = time.monotonic(), sum(received)
-            elif time.monotonic() - idle_since > 10:
-                break  # nothing more arrives: the rest is lost
-        finished = time.monotonic()
-        stop.set()
-        reports = [results.get(timeout=120) for _ in procs]
+            with contextlib.suppress(queue.Empty):
+                reports.append(results.get_nowait())
+            check_alive()
+            if stopped_at is None:
+                if sum(received) != last:
+                    idle_since, last = time.monotonic(), sum(received)
+                # All in (the rest is committing, or was rejected), or nothing more arrives (the rest is lost).
+                if last >= samples_total or time.monotonic() - idle_since > 10 or time.monotonic() - started > 600:
+                    stop.set()
+                    stopped_at = time.monotonic()
+            elif time.monotonic() - stopped_at > 120:
+                raise RuntimeError("a bench gateway process did not report within 120 s of the stop")
     finally:
         stop.set()
         for proc in procs:
             proc.join(30)
             if proc.is_alive():
                 proc.kill()
-    if progress[-1][1] < samples_total:  # the drain after the last message: until the gateways' last commit
-        finished = max(finished, *(flushed_at for flushed_at, *_ in reports))
-        progress.append((finished, sum(written)))
+    finished = max(last_commit for last_commit, *_ in reports)
+    total_written = sum(written)
+    progress = [(t, n) for t, n in progress if t <= finished] + [(finished, total_written)]
     validation: dict[str, int] = {}
     rejected: dict[str, int] = {}
     for _, _, by_reason, driver in reports:
@@ -335,7 +365,6 @@ def _e2e_processes(dsn: str, broker: EmbeddedMosquitto, stream: list[tuple[str, 
             validation[reason] = validation.get(reason, 0) + n
         for reason, n in driver.get("rejected_by_reason", {}).items():
             rejected[reason] = rejected.get(reason, 0) + n
-    total_written = sum(written)
     return {"elapsed_s": finished - started, "written": total_written, "received": sum(received),
             "driver": {"rejected_by_reason": rejected}, "batches": sum(r[1] for r in reports),
             "validation_rejected": validation,

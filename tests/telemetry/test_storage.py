@@ -53,6 +53,18 @@ def test_plain_postgres_partitions_ahead_and_retention(db: str) -> None:
     assert old not in info["partitions"]
 
 
+@pytest.mark.backends("postgresql")
+def test_maintenance_gives_up_on_a_lock_instead_of_waiting_behind_it(db: str,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long transaction holding telemetry (a big export, say) fails the run, which housekeeping retries; it
+    must not hold up the gateway's stop for as long as that transaction lasts."""
+    monkeypatch.setattr(storage, "MAINTAIN_LOCK_TIMEOUT_MS", 200)
+    with psycopg.connect(db) as other:
+        other.execute("LOCK TABLE telemetry IN ACCESS SHARE MODE")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            storage.maintain(db, storage.StorageSettings(partitions_ahead_days=40))
+
+
 def test_the_1_minute_summary_has_the_same_shape_on_both_backends(db: str) -> None:
     cols = query(db, "SELECT column_name, data_type FROM information_schema.columns "
                      "WHERE table_name = 'telemetry_1m' ORDER BY ordinal_position")
