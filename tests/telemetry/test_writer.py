@@ -5,6 +5,7 @@ import logging
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import orjson
@@ -112,6 +113,41 @@ async def test_events_rejections_and_old_days_get_partitions(db: str, tmp_path: 
     assert writer.stats.rejected == {"bad_crc": 1}
 
 
+@pytest.mark.backends("postgresql")
+async def test_a_connection_lost_in_the_batch_s_last_statements_spools_and_replays_the_batch(
+        db: str, tmp_path: Path) -> None:
+    """The server process ends during the vehicle_latest upsert (a trigger terminates its own backend until told
+    not to): transient, so the batch goes to the spool, is acked once, and is replayed once the database
+    behaves; nothing lost, nothing doubled, acks in order."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE kill_switch (armed bool)")
+        conn.execute("INSERT INTO kill_switch VALUES (true)")
+        conn.execute(
+            "CREATE FUNCTION die() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF (SELECT armed FROM kill_switch) THEN PERFORM pg_terminate_backend(pg_backend_pid()); END IF; "
+            "RETURN NEW; END $$"
+        )
+        conn.execute("CREATE TRIGGER die BEFORE INSERT OR UPDATE ON vehicle_latest FOR EACH ROW EXECUTE FUNCTION die()")
+    writer = TelemetryWriter(db, writer_settings(tmp_path))
+    await writer.start()
+    t0 = datetime.now(UTC) - timedelta(minutes=10)
+    acked: list[int] = []
+    for n in range(3):
+        await writer.submit([make_sample("car-13", t0 + timedelta(seconds=n))], ack=partial(acked.append, n))
+        await writer.flush()
+    assert acked == [0, 1, 2] and writer.stats.spooled == 3 and writer.stats.written == 0
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("UPDATE kill_switch SET armed = false")
+    for _ in range(400):  # the worker retries on its own, after its backoff
+        if writer.stats.replayed == 3:
+            break
+        await asyncio.sleep(0.05)
+    await writer.submit([make_sample("car-13", t0 + timedelta(seconds=5))], ack=partial(acked.append, 5))
+    await writer.stop()
+    assert query(db, "SELECT count(*) FROM telemetry") == [(4,)]
+    assert acked == [0, 1, 2, 5] and writer.stats.replayed == 3
+
+
 async def test_bad_row_is_isolated_and_the_rest_is_stored(db: str, tmp_path: Path) -> None:
     writer = TelemetryWriter(db, writer_settings(tmp_path))
     await writer.start()
@@ -125,19 +161,23 @@ async def test_bad_row_is_isolated_and_the_rest_is_stored(db: str, tmp_path: Pat
     assert reason.startswith("storage_error:") and vehicle == "car-01"
 
 
-async def test_a_failure_in_the_batch_s_last_statements_rolls_the_whole_batch_back(db: str,
-                                                                                    tmp_path: Path) -> None:
-    """The vehicle_latest upsert and COMMIT go to the server together, after the COPY: a failure there (here a
-    trigger refusing one vehicle) undoes the batch's telemetry too, the connection is rolled back, and the
-    isolated batches go on over it: the other vehicle's samples are stored, and the writer keeps serving."""
+@pytest.mark.parametrize("when", ["upsert", "commit"])
+async def test_a_failure_in_the_batch_s_last_statements_rolls_the_whole_batch_back(db: str, tmp_path: Path,
+                                                                                    when: str) -> None:
+    """The vehicle_latest upsert and COMMIT go to the server together, after the COPY: a failure there (a
+    trigger refusing one vehicle, at the upsert or deferred to COMMIT) undoes the batch's telemetry too, the
+    connection is rolled back, and the isolated batches go on over it: the other vehicle's samples are stored,
+    and the writer keeps serving."""
+    trigger = ("CREATE TRIGGER refuse_car_13 BEFORE INSERT OR UPDATE ON vehicle_latest" if when == "upsert" else
+               "CREATE CONSTRAINT TRIGGER refuse_car_13 AFTER INSERT OR UPDATE ON vehicle_latest "
+               "DEFERRABLE INITIALLY DEFERRED")
     with psycopg.connect(db, autocommit=True) as conn:
         conn.execute(
             "CREATE FUNCTION refuse_car_13() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
             "IF (SELECT id FROM vehicles WHERE key = NEW.vehicle_key) = 'car-13' THEN "
             "RAISE EXCEPTION 'car-13 refused'; END IF; RETURN NEW; END $$"
         )
-        conn.execute("CREATE TRIGGER refuse_car_13 BEFORE INSERT OR UPDATE ON vehicle_latest "
-                     "FOR EACH ROW EXECUTE FUNCTION refuse_car_13()")
+        conn.execute(f"{trigger} FOR EACH ROW EXECUTE FUNCTION refuse_car_13()")
     writer = TelemetryWriter(db, writer_settings(tmp_path))
     await writer.start()
     t0 = datetime.now(UTC) - timedelta(minutes=10)
