@@ -64,7 +64,7 @@ class Spool:
         try:
             self.max_bytes = max_bytes
             self.segment_bytes = segment_bytes
-            self._segments = sorted(self._seq(p) for p in self.directory.glob("spool-*.seg") if self._is_segment(p))
+            self._segments = sorted(self._seq(p) for p in self.directory.glob("spool-*.seg") if self._is_own(p))
             self._read_seg = self._segments[0] if self._segments else None
             self._read_off = 0
             self._pending = self._count_records()
@@ -109,9 +109,11 @@ class Spool:
         with contextlib.suppress(Exception):  # at interpreter exit what close() needs may be gone; so is the lock
             self.close()
 
-    @staticmethod
-    def _is_segment(path: Path) -> bool:
-        if path.stem[len("spool-"):].isdigit():
+    def _is_own(self, path: Path) -> bool:
+        """Whether ``path`` is named exactly as this spool names its segments (``_path``): a copy named
+        otherwise (``spool-1.seg``) would be counted but never read, or read twice."""
+        digits = path.stem[len("spool-"):]
+        if digits.isdigit() and path.name == self._path(int(digits)).name:
             return True
         log.warning("ignoring %s in the spool folder: not a spool segment name", path.name)
         return False

@@ -8,9 +8,11 @@ single transaction: record the batch id in ``ingest_batches``, register new vehi
 never move it back), commit. A sample counts as stored only after that commit; the ``ack`` callbacks given to
 ``submit`` run then, on the event loop, in commit order (or once the batch is fsynced to the spool).
 
-Several writers on one database (gateway instances on a shared subscription) take the row locks of
-``vehicles`` and ``vehicle_latest`` in key order, so they wait for each other but never deadlock; a deadlock or
-serialization failure that happens anyway is retried at once.
+Several writers on one database (gateway instances on a shared subscription) wait for each other without
+deadlocking: ``vehicle_latest`` rows are locked in key order, announcements in id order, registering a vehicle
+that exists locks nothing, and the ``last_seen`` update skips rows another transaction holds. A deadlock that
+happens anyway (an announcement meeting another writer's first ``vehicle_latest`` row of that vehicle, whose
+foreign key check waits for it) is retried at once.
 
 Errors, sorted by SQLSTATE class as Telegraf's PostgreSQL output does: connection loss and classes 08, 40, 53,
 57, 58 are transient: the batch goes to the on-disk spool and the writer reconnects with capped, jittered,
@@ -311,12 +313,13 @@ class _Store:
                     self._insert_events(conn, batch.events)
                 if batch.rejections:
                     self._insert_rejections(conn, batch.rejections)
-                touched: list[int] = []
+                touching = False
                 with conn.pipeline():
                     if latest:
                         cur.execute(_LATEST_SQL)
-                        touched = self._touch_last_seen(cur, latest)
+                        touching = self._touch_last_seen(cur, latest)
                     conn.commit()
+                touched = [key for (key,) in cur.fetchall()] if touching else []
             now = time.monotonic()
             for key in touched:  # only once committed: a rolled-back update must be made again
                 self.last_seen_at[key] = now
@@ -328,15 +331,9 @@ class _Store:
             raise
         return True
 
-    def _key(self, conn: psycopg.Connection[Any], vehicle: str, kind: str, protocol: str | None) -> int:
-        key = self.keys.get(vehicle)
-        if key is None:
-            self._upsert_vehicles(conn, [(vehicle, kind, protocol, None, None, None)], update=False)
-            key = self.keys[vehicle]
-        return key
-
     def _register(self, conn: psycopg.Connection[Any], batch: Batch) -> None:
-        """Register the batch's announced vehicles, and any sample's vehicle not known yet, in one statement each.
+        """Register the batch's announced vehicles, and any sample's or event's vehicle not known yet, in one
+        statement each.
 
         One statement for all: a fleet appearing at once (1,000 cars after a restart) cost 1,000 round trips
         in the first batch, each waiting for the GIL behind ingest, half a second before its COPY began.
@@ -350,13 +347,16 @@ class _Store:
                 announced[v.vehicle] = row if before is None else tuple(
                     new if new is not None else old for new, old in zip(row, before, strict=True))
             self._upsert_vehicles(conn, list(announced.values()), update=True)
-        unknown = set(map(_VEHICLE_OF, batch.samples)).difference(self.keys)
+        unknown = set(map(_VEHICLE_OF, batch.samples)).union(map(_VEHICLE_OF, batch.events)).difference(self.keys)
         if unknown:
             missing: dict[str, tuple[str, str, str | None, None, None, None]] = {}
             for s in batch.samples:
                 if s.vehicle in unknown and s.vehicle not in missing:
                     missing[s.vehicle] = (s.vehicle, str(s.kind), s.source.split(":", 1)[0] or None, None, None,
                                           None)
+            for e in batch.events:
+                if e.vehicle in unknown and e.vehicle not in missing:
+                    missing[e.vehicle] = (e.vehicle, str(e.kind or VehicleKind.DRONE), None, None, None, None)
             self._upsert_vehicles(conn, list(missing.values()), update=False)
 
     def _upsert_vehicles(self, conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]], *, update: bool) -> None:
@@ -366,19 +366,26 @@ class _Store:
         row is left as it is (a sample only needs the key).
         """
         # Sorted by id: two gateways registering overlapping fleets lock the rows in the same order (no deadlock).
-        columns = list(zip(*sorted(rows, key=lambda row: row[0]), strict=True))
-        on_conflict = (
-            "protocol = EXCLUDED.protocol, name = coalesce(EXCLUDED.name, vehicles.name), "
-            "mavlink_sysid = coalesce(EXCLUDED.mavlink_sysid, vehicles.mavlink_sysid), "
-            "mqtt_client_id = coalesce(EXCLUDED.mqtt_client_id, vehicles.mqtt_client_id)"
-            if update else "id = EXCLUDED.id"
-        )
-        result = conn.execute(
+        columns = [list(c) for c in zip(*sorted(rows, key=lambda row: row[0]), strict=True)]
+        insert = (
             "INSERT INTO vehicles (id, kind, protocol, name, mavlink_sysid, mqtt_client_id) "
             "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::int[], %s::text[]) "
-            f"ON CONFLICT (id) DO UPDATE SET {on_conflict} RETURNING id, key",
-            [list(c) for c in columns],
-        ).fetchall()
+        )
+        if update:
+            result = conn.execute(
+                insert + "ON CONFLICT (id) DO UPDATE SET protocol = EXCLUDED.protocol, "
+                "name = coalesce(EXCLUDED.name, vehicles.name), "
+                "mavlink_sysid = coalesce(EXCLUDED.mavlink_sysid, vehicles.mavlink_sysid), "
+                "mqtt_client_id = coalesce(EXCLUDED.mqtt_client_id, vehicles.mqtt_client_id) RETURNING id, key",
+                columns,
+            ).fetchall()
+        else:
+            # DO NOTHING locks no existing row, so this never waits behind (or deadlocks with) another writer's
+            # transaction on a vehicle both know; the keys come from a plain read.
+            with conn.pipeline():
+                conn.execute(insert + "ON CONFLICT (id) DO NOTHING", columns)
+                found = conn.execute("SELECT id, key FROM vehicles WHERE id = ANY(%s)", (columns[0],))
+            result = found.fetchall()
         for vehicle, key in result:
             self.keys[vehicle] = int(key)
 
@@ -451,31 +458,32 @@ class _Store:
                 _keep_newer(latest, newest)
         return latest
 
-    def _touch_last_seen(self, cur: psycopg.Cursor[Any], latest: dict[int, tuple[Any, ...]]) -> list[int]:
-        """Move ``vehicles.last_seen`` forward, at most once per LAST_SEEN_EVERY_S per vehicle; returns the keys
-        updated (the caller marks them once the transaction commits).
+    def _touch_last_seen(self, cur: psycopg.Cursor[Any], latest: dict[int, tuple[Any, ...]]) -> bool:
+        """Move ``vehicles.last_seen`` forward, at most once per LAST_SEEN_EVERY_S per vehicle; True when an
+        update was sent, whose result rows are the keys it updated (the caller marks them once committed).
 
         The exact last contact is ``vehicle_latest.received_at``; the registry column only needs to be close,
         and updating 1,000 registry rows in every batch cost more than the batch's vehicle_latest upsert.
         """
         now = time.monotonic()
-        due = sorted(k for k in latest if now - self.last_seen_at.get(k, -1e9) >= LAST_SEEN_EVERY_S)
+        due = [k for k in latest if now - self.last_seen_at.get(k, -1e9) >= LAST_SEEN_EVERY_S]
         if due:
-            # Locked in key order first (the UPDATE's join may visit them in any order): no deadlock with
-            # another writer touching the same vehicles.
-            cur.execute("SELECT 1 FROM vehicles WHERE key = ANY(%s) ORDER BY key FOR NO KEY UPDATE", (due,))
+            # Rows another transaction holds (another writer registering or touching them) are skipped, not
+            # waited for: a wait here, in key order, could close a cycle with registrations, which go in id order.
+            # A skipped vehicle is due again at the next batch.
             cur.execute(
+                "WITH mine AS (SELECT key FROM vehicles WHERE key = ANY(%s) FOR NO KEY UPDATE SKIP LOCKED) "
                 "UPDATE vehicles v SET last_seen = greatest(v.last_seen, u.t) "
-                "FROM unnest(%s::int[], %s::timestamptz[]) AS u(k, t) WHERE v.key = u.k",
-                (due, [latest[k][2] for k in due]),
+                "FROM mine JOIN unnest(%s::int[], %s::timestamptz[]) AS u(k, t) ON u.k = mine.key "
+                "WHERE v.key = mine.key RETURNING v.key",
+                (due, due, [latest[k][2] for k in due]),
             )
-        return due
+        return bool(due)
 
     def _insert_events(self, conn: psycopg.Connection[Any], events: list[Event]) -> None:
         rows = []
-        for e in events:
-            key = self._key(conn, e.vehicle, str(e.kind or VehicleKind.DRONE), None)
-            rows.append((e.time, key, e.type, e.lat_deg, e.lon_deg, Jsonb(e.detail or {})))
+        for e in events:  # every event's vehicle was registered by _register
+            rows.append((e.time, self.keys[e.vehicle], e.type, e.lat_deg, e.lon_deg, Jsonb(e.detail or {})))
         with conn.cursor() as cur:
             cur.executemany(
                 "INSERT INTO events (time, vehicle_key, type, lat, lon, detail) VALUES (%s, %s, %s, %s, %s, %s)",
@@ -547,8 +555,9 @@ class TelemetryWriter:
         self._spool = Spool(spool_dir, max_bytes=self.settings.spool_max_bytes)
         self.stats.spool_pending_batches = self._spool.pending
         self._loop = asyncio.get_running_loop()
+        connecting = asyncio.ensure_future(asyncio.to_thread(self._store.connect))
         try:
-            await asyncio.to_thread(self._store.connect)
+            await asyncio.shield(connecting)
             self.stats.db_up = True
         except Exception as exc:
             if not is_transient(exc):
@@ -557,14 +566,20 @@ class TelemetryWriter:
                 raise
             log.warning("database not reachable at start (%s); spooling until it is", exc)
             self.stats.db_up = False
-        except BaseException:  # cancelled: no worker will ever own the spool
+        except BaseException:  # cancelled: no worker will ever own the spool, nor the connection being made
             self._spool.close()
+            connecting.add_done_callback(self._close_when_connected)
             raise
         # Only now: after a failed start, stop() has nothing to wait for and submit() refuses.
         self._room, self._settled = asyncio.Event(), asyncio.Event()
         self._finished = self._loop.create_future()
         self._thread = threading.Thread(target=self._worker, name="patrolgate-writer", daemon=True)
         self._thread.start()
+
+    def _close_when_connected(self, connecting: asyncio.Future[None]) -> None:
+        if not connecting.cancelled():
+            connecting.exception()  # retrieved: a connect failing after a cancelled start is nobody's error
+        self._store.close()
 
     async def stop(self) -> None:
         """Flush everything queued (to the database, or to the spool if it is down), then close."""

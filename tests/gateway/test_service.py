@@ -130,6 +130,30 @@ async def test_stop_waits_for_a_storage_maintenance_under_way(pg_server: Embedde
     assert finished and finished[0]["created"]
 
 
+async def test_stop_waits_for_a_maintenance_only_so_long(
+        pg_server: EmbeddedPostgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A maintenance stuck behind a lock does not hold up the stop past MAINTENANCE_STOP_WAIT_S: stop() says so
+    and goes on."""
+    import gateway.service as service
+
+    dsn = fresh_database(pg_server.dsn, "stop_wait_is_bounded")
+    storage.upgrade(dsn, storage.StorageSettings(backend="postgresql"), then_maintain=False)
+    monkeypatch.setattr(service, "MAINTENANCE_STOP_WAIT_S", 0.3)
+    settings = load_settings(
+        database={"dsn": dsn}, api={"enabled": False}, mavlink={"endpoints": []},
+        storage={"backend": "postgresql", "partitions_ahead_days": 3}, writer={"spool_dir": str(tmp_path)},
+    )
+    with psycopg.connect(dsn) as blocker:
+        blocker.execute("LOCK TABLE telemetry IN ACCESS EXCLUSIVE MODE")  # maintenance waits for this lock
+        gw = Gateway(settings)
+        await gw.start()
+        await asyncio.sleep(0.3)
+        await asyncio.wait_for(gw.stop(), 10)
+        assert "storage housekeeping still running after 0 s" in caplog.text
+        blocker.rollback()
+
+
 async def test_storage_maintenance_runs_at_start_beside_ingest(pg_server: EmbeddedPostgres, tmp_path: Path) -> None:
     """The start migrates but does not wait for maintenance (50 ms before the first message could be taken):
     housekeeping runs it at once in the background, so the partitions days ahead appear without any sample."""

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -37,27 +38,58 @@ def test_a_lock_held_by_a_killed_process_is_free_again(tmp_path: Path) -> None:
 
 def test_a_spool_that_fails_to_open_or_is_dropped_leaves_the_folder_free(tmp_path: Path) -> None:
     (tmp_path / "spool-000000000001.seg").mkdir()  # unreadable as a segment
-    with pytest.raises(IsADirectoryError):
+    with pytest.raises(IsADirectoryError) as failed:
         Spool(tmp_path)
     (tmp_path / "spool-000000000001.seg").rmdir()
+    Spool(tmp_path).close()  # free while ``failed`` still holds the half-made spool (through its traceback)
+    del failed
     dropped = Spool(tmp_path)
     del dropped
     gc.collect()
     Spool(tmp_path).close()
 
 
-def test_a_file_that_is_not_a_segment_is_ignored(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_files_not_named_as_this_spool_names_its_segments_are_ignored(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A copy named otherwise was counted but never read (or, beside the original, read twice): the writer
+    then spun on a spool that never drained, or failed at its next append."""
     with Spool(tmp_path) as spool:
         spool.append(Batch().encode())
-    (tmp_path / "spool-copy.seg").write_bytes(b"an operator's copy")
+    original = tmp_path / "spool-000000000001.seg"
+    for name in ("spool-copy.seg", "spool-1.seg", "spool-01.seg"):
+        (tmp_path / name).write_bytes(original.read_bytes())
     with Spool(tmp_path) as spool:
         assert spool.pending == 1
-    assert "ignoring spool-copy.seg" in caplog.text
+        record = spool.peek()
+        assert record is not None
+        spool.ack(record)
+        assert spool.pending == 0 and spool.peek() is None
+        spool.append(Batch().encode())
+        assert spool.pending == 1
+    for name in ("spool-copy.seg", "spool-1.seg", "spool-01.seg"):
+        assert f"ignoring {name}" in caplog.text
 
 
-async def test_a_cancelled_writer_start_releases_the_spool(tmp_path: Path) -> None:
-    writer = TelemetryWriter("postgresql://127.0.0.1:1/nothing", writer_settings(tmp_path))
-    writer._store.connect = lambda: time.sleep(0.5)  # type: ignore[method-assign]  # a database slow to answer
+@pytest.mark.postgres
+async def test_a_cancelled_writer_start_releases_the_spool_and_the_connection(db: str, tmp_path: Path) -> None:
+    writer = TelemetryWriter(db, writer_settings(tmp_path))
+    store = writer._store
+    connect = store.connect
+
+    made = threading.Event()
+
+    def slow_connect() -> None:  # a database slow to answer: the connection is made after the start gave up
+        time.sleep(0.4)
+        connect()
+        made.set()
+
+    store.connect = slow_connect  # type: ignore[method-assign]
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(writer.start(), 0.1)
     Spool(tmp_path / "spool").close()
+    assert await asyncio.to_thread(made.wait, 10)
+    for _ in range(100):  # then the loop's turn for the callback that closes it
+        if store.conn is None:
+            break
+        await asyncio.sleep(0.05)
+    assert store.conn is None

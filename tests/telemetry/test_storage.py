@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -59,10 +60,14 @@ def test_maintenance_gives_up_on_a_lock_instead_of_waiting_behind_it(db: str,
     """A long transaction holding telemetry (a big export, say) fails the run, which housekeeping retries; it
     must not hold up the gateway's stop for as long as that transaction lasts."""
     monkeypatch.setattr(storage, "MAINTAIN_LOCK_TIMEOUT_MS", 200)
-    with psycopg.connect(db) as other:
+    with psycopg.connect(db) as other, ThreadPoolExecutor(1) as pool:
         other.execute("LOCK TABLE telemetry IN ACCESS SHARE MODE")
-        with pytest.raises(psycopg.errors.LockNotAvailable):
-            storage.maintain(db, storage.StorageSettings(partitions_ahead_days=40))
+        run = pool.submit(storage.maintain, db, storage.StorageSettings(partitions_ahead_days=40))
+        try:
+            with pytest.raises(psycopg.errors.LockNotAvailable):
+                run.result(timeout=20)  # a wait without end fails here instead of hanging the suite
+        finally:
+            other.rollback()
 
 
 def test_the_1_minute_summary_has_the_same_shape_on_both_backends(db: str) -> None:

@@ -401,3 +401,53 @@ async def test_two_writers_on_the_same_vehicles_wait_for_each_other_but_never_de
     assert query(db, "SELECT count(*) FROM telemetry") == [(300 + 40 * 600,)]
     assert a.stats.db_errors == b.stats.db_errors == 0
     assert not [r.getMessage() for r in caplog.records if "retried" in r.getMessage()]
+
+
+async def _lock_waiters_plus_commits(db: str, writers: tuple[TelemetryWriter, ...]) -> int:
+    """Sessions of ``db`` waiting for a lock, plus writers that committed a batch since the test began."""
+    [(waiting,)] = query(db, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                             "AND wait_event_type = 'Lock'")
+    return int(waiting) + sum(1 for w in writers if w.stats.batches > 0)
+
+
+@pytest.mark.parametrize("path", ["announce", "unknown_sample", "event"])
+async def test_registering_vehicles_beside_another_writer_s_last_seen_update_never_deadlocks(
+        db: str, tmp_path: Path, caplog: pytest.LogCaptureFixture, path: str) -> None:
+    """Registrations lock `vehicles` rows in id order, the last_seen update would in key order (the order the
+    vehicles were first seen), and the two differ. A gateway restarting (it announces its whole fleet) beside one
+    in steady state (its last_seen update due) deadlocked, with a third session holding the middle row to line
+    them up. Now the update skips rows others hold, and a registration of a known vehicle locks nothing."""
+    caplog.set_level(logging.INFO, logger="telemetry.writer")
+    cars = [f"car-{i}" for i in (5, 4, 3, 2, 1)]  # keys in this order: key order is the reverse of id order
+    with psycopg.connect(db, autocommit=True) as conn:
+        for car in cars:
+            conn.execute("INSERT INTO vehicles (id, kind) VALUES (%s, 'patrol_car')", (car,))
+    a = TelemetryWriter(db, writer_settings(tmp_path / "a", flush_interval_s=0.01))
+    b = TelemetryWriter(db, writer_settings(tmp_path / "b", flush_interval_s=0.01))
+    await a.start()
+    await b.start()
+    if path != "announce":
+        a._store.keys.clear()  # as if registered by the other gateway after this one connected
+    t = datetime.now(UTC) - timedelta(minutes=1)
+    with psycopg.connect(db) as blocker:
+        blocker.execute("SELECT 1 FROM vehicles WHERE id = 'car-3' FOR NO KEY UPDATE")
+        await b.submit([make_sample(car, t) for car in cars])  # its last_seen update is due for all five
+        if path == "announce":
+            await a.submit(vehicles=[VehicleInfo(car, VehicleKind.PATROL_CAR, "mqtt") for car in cars])
+        elif path == "unknown_sample":
+            await a.submit([make_sample(car, t + timedelta(seconds=1)) for car in cars])
+        else:
+            await a.submit(events=[Event(t, car, "online", kind=VehicleKind.PATROL_CAR) for car in sorted(cars)])
+        for _ in range(200):  # both stuck behind the held row (before), or through, or only a behind it (now)
+            if await _lock_waiters_plus_commits(db, (a, b)) >= 2:
+                break
+            await asyncio.sleep(0.05)
+        blocker.commit()
+    await asyncio.gather(a.flush(), b.flush())
+    await b.submit([make_sample(car, t + timedelta(seconds=2)) for car in cars])  # car-3 was skipped: due again
+    await a.stop()
+    await b.stop()
+    assert not [r.getMessage() for r in caplog.records if "retried" in r.getMessage()]
+    assert a.stats.db_errors == b.stats.db_errors == 0
+    last_seen = dict(query(db, "SELECT id, last_seen FROM vehicles"))
+    assert all(last_seen[car] is not None for car in cars), last_seen
