@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -97,12 +99,29 @@ def test_validation_rejections_are_stored_with_reason(db: str, tmp_path: Path) -
     assert pipeline.stats()["rejected_by_reason"] == {"duplicate": 1, "invalid_coordinates": 1}
 
 
+@contextlib.asynccontextmanager
+async def _gateway_with_its_maintenance_held_up(
+        pg_server: EmbeddedPostgres, tmp_path: Path, name: str) -> AsyncIterator[tuple[Gateway, psycopg.Connection]]:
+    """A gateway started on plain PostgreSQL while the yielded session holds ``telemetry``: its start-up
+    maintenance (partitions ahead) waits for that lock until the session rolls back."""
+    dsn = fresh_database(pg_server.dsn, name)
+    storage.upgrade(dsn, storage.StorageSettings(backend="postgresql"), then_maintain=False)
+    settings = load_settings(
+        database={"dsn": dsn}, api={"enabled": False}, mavlink={"endpoints": []},
+        storage={"backend": "postgresql", "partitions_ahead_days": 3}, writer={"spool_dir": str(tmp_path)},
+    )
+    with psycopg.connect(dsn) as blocker:
+        blocker.execute("LOCK TABLE telemetry IN ACCESS EXCLUSIVE MODE")
+        gw = Gateway(settings)
+        await gw.start()
+        await asyncio.sleep(0.3)
+        yield gw, blocker
+
+
 async def test_stop_waits_for_a_storage_maintenance_under_way(pg_server: EmbeddedPostgres, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Maintenance runs in a thread, which cancelling housekeeping cannot stop: stop() waits for it, so it never
-    goes on against a database being shut down. The database is made slow by a lock the test holds."""
-    dsn = fresh_database(pg_server.dsn, "stop_waits_for_maintenance")
-    storage.upgrade(dsn, storage.StorageSettings(backend="postgresql"), then_maintain=False)
+    goes on against a database being shut down."""
     finished: list[dict[str, object]] = []
     maintain = storage.maintain
 
@@ -112,15 +131,7 @@ async def test_stop_waits_for_a_storage_maintenance_under_way(pg_server: Embedde
         return report
 
     monkeypatch.setattr(storage, "maintain", recorded)
-    settings = load_settings(
-        database={"dsn": dsn}, api={"enabled": False}, mavlink={"endpoints": []},
-        storage={"backend": "postgresql", "partitions_ahead_days": 3}, writer={"spool_dir": str(tmp_path)},
-    )
-    with psycopg.connect(dsn) as blocker:
-        blocker.execute("LOCK TABLE telemetry IN ACCESS EXCLUSIVE MODE")  # maintenance waits for this lock
-        gw = Gateway(settings)
-        await gw.start()
-        await asyncio.sleep(0.3)
+    async with _gateway_with_its_maintenance_held_up(pg_server, tmp_path, "stop_waits") as (gw, blocker):
         assert not finished
         stopping = asyncio.create_task(gw.stop())
         await asyncio.sleep(0.3)
@@ -137,18 +148,8 @@ async def test_stop_waits_for_a_maintenance_only_so_long(
     and goes on."""
     import gateway.service as service
 
-    dsn = fresh_database(pg_server.dsn, "stop_wait_is_bounded")
-    storage.upgrade(dsn, storage.StorageSettings(backend="postgresql"), then_maintain=False)
     monkeypatch.setattr(service, "MAINTENANCE_STOP_WAIT_S", 0.3)
-    settings = load_settings(
-        database={"dsn": dsn}, api={"enabled": False}, mavlink={"endpoints": []},
-        storage={"backend": "postgresql", "partitions_ahead_days": 3}, writer={"spool_dir": str(tmp_path)},
-    )
-    with psycopg.connect(dsn) as blocker:
-        blocker.execute("LOCK TABLE telemetry IN ACCESS EXCLUSIVE MODE")  # maintenance waits for this lock
-        gw = Gateway(settings)
-        await gw.start()
-        await asyncio.sleep(0.3)
+    async with _gateway_with_its_maintenance_held_up(pg_server, tmp_path, "stop_wait_bounded") as (gw, blocker):
         await asyncio.wait_for(gw.stop(), 10)
         assert "storage housekeeping still running after 0 s" in caplog.text
         blocker.rollback()
