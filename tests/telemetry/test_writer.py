@@ -148,6 +148,32 @@ async def test_a_connection_lost_in_the_batch_s_last_statements_spools_and_repla
     assert acked == [0, 1, 2, 5] and writer.stats.replayed == 3
 
 
+async def test_a_deadlock_is_retried_at_once_not_spooled(db: str, tmp_path: Path,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """Another writer's transaction in the way (SQLSTATE 40P01, raised here once by a trigger; a sequence counts,
+    because a rollback does not undo it): the batch is written again at once, without the spool and the backoff
+    that a lost connection gets."""
+    caplog.set_level(logging.INFO, logger="telemetry.writer")
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("CREATE SEQUENCE deadlock_once")
+        conn.execute(
+            "CREATE FUNCTION deadlock_once() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF nextval('deadlock_once') = 1 THEN RAISE EXCEPTION 'as if' USING ERRCODE = 'deadlock_detected'; "
+            "END IF; RETURN NEW; END $$"
+        )
+        conn.execute("CREATE TRIGGER deadlock_once BEFORE INSERT OR UPDATE ON vehicle_latest "
+                     "FOR EACH ROW EXECUTE FUNCTION deadlock_once()")
+    writer = TelemetryWriter(db, writer_settings(tmp_path))
+    await writer.start()
+    acked: list[int] = []
+    await writer.submit([make_sample("car-01")], ack=partial(acked.append, 1))
+    await writer.stop()
+    assert acked == [1] and writer.stats.written == 1
+    assert writer.stats.spooled == 0 and writer.stats.db_errors == 0
+    assert "batch retried after DeadlockDetected" in caplog.text
+    assert query(db, "SELECT count(*) FROM telemetry") == [(1,)]
+
+
 async def test_bad_row_is_isolated_and_the_rest_is_stored(db: str, tmp_path: Path) -> None:
     writer = TelemetryWriter(db, writer_settings(tmp_path))
     await writer.start()
