@@ -174,6 +174,31 @@ async def test_a_deadlock_is_retried_at_once_not_spooled(db: str, tmp_path: Path
     assert query(db, "SELECT count(*) FROM telemetry") == [(1,)]
 
 
+async def test_last_seen_counts_as_updated_only_once_committed(db: str, tmp_path: Path) -> None:
+    """The update of vehicles.last_seen (made at most every 10 s per vehicle) rode in a batch whose COMMIT failed
+    (a deferred trigger refuses it once): the batch is bisected and stored, and its parts update last_seen again
+    instead of taking it as done."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("CREATE SEQUENCE refuse_once")
+        conn.execute(
+            "CREATE FUNCTION refuse_once() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF nextval('refuse_once') = 1 THEN RAISE EXCEPTION 'refused once'; END IF; RETURN NEW; END $$"
+        )
+        conn.execute("CREATE CONSTRAINT TRIGGER refuse_once AFTER INSERT OR UPDATE ON vehicle_latest "
+                     "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse_once()")
+        conn.execute("INSERT INTO vehicles (id, kind) VALUES ('car-01', 'patrol_car')")  # its key stays the same
+    writer = TelemetryWriter(db, writer_settings(tmp_path))
+    await writer.start()
+    # Received "later" than the registration (last_seen starts at now() and only moves forward), so that the
+    # update shows.
+    t0 = datetime.now(UTC) + timedelta(minutes=1)
+    await writer.submit([make_sample("car-01", t0), make_sample("car-01", t0 + timedelta(seconds=1))])
+    await writer.stop()
+    assert writer.stats.written == 2
+    [(last_seen,)] = query(db, "SELECT last_seen FROM vehicles WHERE id = 'car-01'")
+    assert last_seen >= t0  # moved to a stored sample's time, not left at the registration
+
+
 async def test_bad_row_is_isolated_and_the_rest_is_stored(db: str, tmp_path: Path) -> None:
     writer = TelemetryWriter(db, writer_settings(tmp_path))
     await writer.start()
