@@ -659,18 +659,19 @@ class TelemetryWriter:
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is left to tell
             self._loop.call_soon_threadsafe(callback, *args)
 
-    def _settle(self, acks: list[Ack], parts: int, room_made: bool = False) -> None:
-        """Run a written batch's acks; ``room_made``: the worker also took rows off the queue."""
+    def _settle(self, acks: list[Ack], parts: int) -> None:
         for ack in acks:
             try:
                 ack()
             except Exception:  # an ack callback must never stop the writer
                 log.exception("ack callback failed")
         self._unsettled -= parts
-        assert self._settled is not None and self._room is not None
+        assert self._settled is not None
         self._settled.set()
-        if room_made:
-            self._room.set()
+
+    def _room_made(self) -> None:
+        assert self._room is not None
+        self._room.set()
 
     def _worker_finished(self, failure: BaseException | None) -> None:
         self._failure = failure
@@ -746,41 +747,27 @@ class TelemetryWriter:
             self._post(self._worker_finished, failure)
 
     def _work_until_stopped(self) -> None:
-        # The last batch's acks wait for the next take, to go to the loop with its "room made" in one wake-up:
-        # each wake-up writes to the loop's socket, which hands the GIL to the busy loop and costs up to the
-        # switch interval (5 ms) to get back. When nothing is ready to take they go at once.
-        settled: tuple[list[Ack], int] = ([], 0)
-        try:
-            while True:
+        while True:
+            with self._work:
+                self._wait_for_work()
+                if self._stopping and not self._pending:
+                    self._closed = True  # under the lock submit() appends with: nothing can slip in after
+                    break
+                batch, acks, parts = self._take_batch() if self._due() else (Batch(), [], 0)
+            if parts:
+                self._post(self._room_made)
+            try:
+                self._persist(batch)
+            except SpoolFullError:
+                # Nowhere to put it: keep it at the head of the queue and wait for the database.
                 with self._work:
-                    ready = self._due() or self._stopping or self._retry_due()
-                if settled[1] and not ready:
-                    self._post(self._settle, *settled)
-                    settled = ([], 0)
-                with self._work:
-                    self._wait_for_work()
-                    if self._stopping and not self._pending:
-                        self._closed = True  # under the lock submit() appends with: nothing can slip in after
-                        break
-                    batch, acks, parts = self._take_batch() if self._due() else (Batch(), [], 0)
-                if parts or settled[1]:
-                    self._post(self._settle, *settled, bool(parts))
-                    settled = ([], 0)
-                try:
-                    self._persist(batch)
-                except SpoolFullError:
-                    # Nowhere to put it: keep it at the head of the queue and wait for the database.
-                    with self._work:
-                        self._pending.appendleft((time.monotonic(), batch, acks, parts))
-                        self._pending_rows += batch.rows
-                        self._pending_acks += len(acks)
-                        self._work.wait(min(1.0, self._backoff_s))
-                    continue
-                if parts:
-                    settled = (acks, parts)
-        finally:
-            if settled[1]:  # committed (or spooled): its producers are told even if the worker dies next
-                self._post(self._settle, *settled)
+                    self._pending.appendleft((time.monotonic(), batch, acks, parts))
+                    self._pending_rows += batch.rows
+                    self._pending_acks += len(acks)
+                    self._work.wait(min(1.0, self._backoff_s))
+                continue
+            if parts:
+                self._post(self._settle, acks, parts)
         if self._spool and self._spool.pending and self.stats.db_up:
             self._drain_spool()
 
