@@ -11,8 +11,8 @@ from the receiver's (re)connect until the last message is in:
   decoding, batched PUBACKs) with a handler that only acknowledges: what receiving costs before the pipeline.
   It is faster than bare paho, so ``ratio`` can exceed 1; ``pipeline_ratio`` (figure / transport) is the
   share of the receive rate the decode-validate-store pipeline keeps;
-- figure: the gateway (MQTT driver -> validation -> writer -> a real PostgreSQL, PUBACK only after commit)
-  draining the same stream, timed from its start to the commit of the last sample;
+- figure: the gateway (MQTT driver -> validation -> writer -> a real PostgreSQL, PUBACK only after commit), in
+  a process of its own, draining the same stream, timed from its start to the commit of the last sample;
 - ``sustained_samples_per_s``: the same run's commit rate between 10 % and 90 % of the samples committed, without
   the gateway's start and the drain of its queue after the last message (see ``_sustained_rate``);
 - ``gateways`` > 1: the figure is that many gateway processes on one shared subscription (``$share/bench/...``),
@@ -213,49 +213,9 @@ async def _record_progress(gw: Gateway, record: Callable[[int, int], None]) -> N
         await asyncio.sleep(0.005)
 
 
-async def _e2e(dsn: str, broker: EmbeddedMosquitto, stream: list[tuple[str, bytes]], prefix: str,
-               samples_total: int, spool: Path) -> dict[str, Any]:
-    settings = _gateway_settings(dsn, broker.url, prefix, "bench-gateway", spool)
-    first = Gateway(settings)  # creates the gateway's persistent session and subscriptions
-    await first.start()
-    await first.stop()
-    await asyncio.to_thread(_queue_stream, broker, stream)
-    started = time.time()
-    gw = Gateway(settings)
-    progress: list[tuple[float, int]] = []  # (monotonic time, samples committed), every 5 ms from the start
-    # Recorded beside start(), not after it: start() returns at the SUBACK, which the broker sends behind the
-    # queued stream, so a good part of the run is over by then.
-    recorder = asyncio.create_task(_record_progress(gw, lambda written, received: progress.append(
-        (time.monotonic(), written))))
-    try:
-        await gw.start()
-        assert gw.pipeline is not None and gw.writer is not None
-        deadline = time.monotonic() + 600
-        idle_since, last = time.monotonic(), -1
-        while gw.pipeline.received < samples_total and time.monotonic() < deadline:
-            await asyncio.sleep(0.005)
-            if gw.pipeline.received != last:
-                idle_since, last = time.monotonic(), gw.pipeline.received
-            elif time.monotonic() - idle_since > 10:
-                break  # nothing more arrives: the rest is lost
-        await gw.writer.flush()  # the drain: still part of the run
-    finally:
-        recorder.cancel()
-    progress.append((time.monotonic(), gw.writer.stats.written))
-    elapsed = time.time() - started
-    stats = gw.status()
-    written = gw.writer.stats.written
-    batches = gw.writer.stats.batches
-    await gw.stop()
-    return {"elapsed_s": elapsed, "written": written, "received": stats["pipeline"]["received"],
-            "driver": stats["drivers"].get("mqtt", {}), "batches": batches,
-            "validation_rejected": stats["pipeline"]["rejected_by_reason"],
-            "sustained_samples_per_s": _sustained_rate(progress, written)}
-
-
 def _gateway_process(index: int, settings: GatewaySettings, ready: Any, go: Any, stop: Any, written: Any,
                      received: Any, results: Any) -> None:
-    """Child process of ``_e2e_processes``: one gateway; its committed and received counts go to shared memory
+    """Child process of ``_e2e``: one gateway; its committed and received counts go to shared memory
     every 5 ms; when told to stop it flushes and reports the time of its last commit, its writer's batches and
     its rejections. It ends by itself if the bench process is gone."""
     parent = os.getppid()
@@ -299,17 +259,19 @@ def _gateway_process(index: int, settings: GatewaySettings, ready: Any, go: Any,
     asyncio.run(serve())
 
 
-def _e2e_processes(dsn: str, broker: EmbeddedMosquitto, stream: list[tuple[str, bytes]], prefix: str,
-                   samples_total: int, spool: Path, gateways: int) -> dict[str, Any]:
-    """The e2e run with ``gateways`` gateway processes on one shared subscription (the documented way to scale
-    past one process's interpreter lock): the clock runs from their go to the last commit of any of them."""
+def _e2e(dsn: str, broker: EmbeddedMosquitto, stream: list[tuple[str, bytes]], prefix: str,
+         samples_total: int, spool: Path, gateways: int) -> dict[str, Any]:
+    """The e2e run: ``gateways`` gateway processes (on one shared subscription when more than one, the
+    documented way to scale past one process's interpreter lock) drain the queued stream; the clock runs from
+    their go to the last commit of any of them."""
     ctx = multiprocessing.get_context("spawn")
     ready, go, stop = ctx.Semaphore(0), ctx.Event(), ctx.Event()
     written, received = ctx.Array("q", gateways, lock=False), ctx.Array("q", gateways, lock=False)
     results = ctx.Queue()
     procs = [
         ctx.Process(target=_gateway_process, daemon=True, args=(
-            i, _gateway_settings(dsn, broker.url, prefix, f"bench-gateway-{i + 1}", spool / str(i), "bench"),
+            i, _gateway_settings(dsn, broker.url, prefix, f"bench-gateway-{i + 1}", spool / str(i),
+                                 "bench" if gateways > 1 else None),
             ready, go, stop, written, received, results))
         for i in range(gateways)
     ]
@@ -407,10 +369,7 @@ def run_mqtt_bench(*, cars: int = 1000, messages: int | None = None, batch: int 
         del ceiling_stream
         stream = make_stream(cars, messages, batch, "bench/e2e", start_ms)
         samples_total = len(stream) * batch
-        if gateways == 1:
-            result = asyncio.run(_e2e(db, broker, stream, "bench/e2e", samples_total, Path(tmp) / "spool"))
-        else:
-            result = _e2e_processes(db, broker, stream, "bench/e2e", samples_total, Path(tmp) / "spool", gateways)
+        result = _e2e(db, broker, stream, "bench/e2e", samples_total, Path(tmp) / "spool", gateways)
     msgs_per_s = len(stream) / result["elapsed_s"]
     return {
         "cars": cars,
