@@ -113,50 +113,37 @@ def sim() -> None:
     """Simulated fleets that speak the real protocols (no hardware needed)."""
 
 
-@sim.command("drones")
-@click.option("--count", default=5, show_default=True, type=click.IntRange(1, 250))
-@click.option("--to", "to", default="udpout:127.0.0.1:14550", show_default=True,
-              help="MAVLink endpoint of the gateway: udpout:host:port or tcp:host:port.")
-@click.option("--first-sysid", default=1, show_default=True, type=click.IntRange(1, 250))
-@click.option("--time-factor", default=1.0, show_default=True, type=click.FloatRange(0.1, 100))
-@click.option("--loss-pct", default=0.0, show_default=True, type=click.FloatRange(0, 100),
-              help="Packet loss, percent of frames dropped.")
-@click.option("--latency-ms", default=0.0, show_default=True, type=click.FloatRange(0, 10_000))
-@click.option("--seed", default=None, type=int)
-def sim_drones(count: int, to: str, first_sysid: int, time_factor: float, loss_pct: float, latency_ms: float,
-               seed: int | None) -> None:
-    """Run COUNT simulated ArduCopter-like drones speaking MAVLink 2."""
-    from simulators.drone import FaultConfig, run_drone_fleet
-
-    faults = FaultConfig(packet_loss_pct=loss_pct, latency_ms=latency_ms)
-    with _until_interrupted():
-        asyncio.run(run_drone_fleet(count, to, first_sysid=first_sysid, time_factor=time_factor, faults=faults,
-                                    seed=seed))
+_PASS_THROUGH = {"ignore_unknown_options": True, "allow_interspersed_args": False, "help_option_names": []}
 
 
-@sim.command("cars")
-@click.option("--count", default=10, show_default=True, type=click.IntRange(1, 10_000))
-@click.option("--broker", default="mqtt://127.0.0.1:1883", show_default=True)
-@click.option("--prefix", default="patrolgate/v1", show_default=True)
-@click.option("--rate-hz", default=1.0, show_default=True, type=click.FloatRange(0.01, 50))
-@click.option("--batch", default=1, show_default=True, type=click.IntRange(1, 1000),
-              help="Samples per published message (JSON array when > 1).")
-@click.option("--time-factor", default=1.0, show_default=True, type=click.FloatRange(0.1, 100))
-@click.option("--username", default=None)
-@click.option("--password", default=None)
-@click.option("--seed", default=None, type=int)
-def sim_cars(count: int, broker: str, prefix: str, rate_hz: float, batch: int, time_factor: float,
-             username: str | None, password: str | None, seed: int | None) -> None:
-    """Run COUNT simulated patrol cars publishing over MQTT."""
-    from simulators.patrol_car import run_car_fleet
+@sim.command("drones", context_settings=_PASS_THROUGH, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def sim_drones(args: tuple[str, ...]) -> None:
+    """Simulated ArduCopter-like drones speaking MAVLink 2.
 
-    with _until_interrupted():
-        asyncio.run(run_car_fleet(count, broker, prefix=prefix, rate_hz=rate_hz, batch=batch,
-                                  time_factor=time_factor, username=username, password=password, seed=seed))
+    ``--help`` lists every option. The simulator parses its own options (simulators/drone/cli.py), the same
+    for ``python -m simulators.drone``.
+    """
+    from simulators.drone.cli import main as run_simulator
+
+    run_simulator(list(args), prog="patrolgate sim drones")
+
+
+@sim.command("cars", context_settings=_PASS_THROUGH, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def sim_cars(args: tuple[str, ...]) -> None:
+    """Simulated patrol cars speaking the MQTT contract, with faults on demand.
+
+    ``--help`` lists every option. The simulator parses its own options (simulators/patrol_car/cli.py), the
+    same for ``python -m simulators.patrol_car``.
+    """
+    from simulators.patrol_car.cli import main as run_simulator
+
+    run_simulator(list(args), prog="patrolgate sim cars")
 
 
 class _until_interrupted:
-    """Ctrl-C ends a simulator quietly."""
+    """Ctrl-C ends a foreground run quietly."""
 
     def __enter__(self) -> None:
         return None

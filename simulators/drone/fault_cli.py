@@ -9,7 +9,8 @@ from .faults import FaultConfig
 
 def add_fault_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("faults (times in simulated seconds after start)")
-    group.add_argument("--packet-loss-pct", type=float, default=0.0, help="frame loss per direction, %%")
+    group.add_argument("--packet-loss-pct", "--loss-pct", dest="packet_loss_pct", type=float, default=0.0,
+                       help="frame loss per direction, %%")
     group.add_argument("--latency-ms", type=float, default=0.0, help="one-way delay, wall milliseconds")
     group.add_argument("--link-drop", action="append", default=[], metavar="START_S,DURATION_S", help="radio outage")
     group.add_argument(

@@ -10,6 +10,9 @@ import asyncio
 import contextlib
 import itertools
 import math
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
@@ -725,3 +728,47 @@ async def test_fifty_drones_share_one_core() -> None:
     assert len({h.get_srcSystem() for h in heartbeats}) == 50
     assert len(heartbeats) >= 80  # ~1 Hz each over 2 s
     assert cpu_share < 0.6  # includes this process's own parsing of ~1300 messages/s
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+async def test_sim_drones_command_sends_mavlink_and_stops_on_sigint() -> None:
+    """``patrolgate sim drones`` as a user runs it: a real process, its options parsed by the simulator, its
+    HEARTBEATs received on a plain UDP socket; SIGINT ends it with exit code 0."""
+    loop = asyncio.get_running_loop()
+    systems: set[int] = set()
+    parser = M.MAVLink(None)
+    parser.robust_parsing = True
+
+    class Ground(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            for msg in parser.parse_buffer(data) or []:
+                if msg.get_type() == "HEARTBEAT":
+                    systems.add(msg.get_srcSystem())
+
+    transport, _ = await loop.create_datagram_endpoint(Ground, local_addr=("127.0.0.1", 0))
+    port = transport.get_extra_info("sockname")[1]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", "sim", "drones", "--count", "2", "--first-sysid", "7",
+        "--to", f"udpout:127.0.0.1:{port}", "--loss-pct", "0", stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while systems != {7, 8} and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert systems == {7, 8}
+        proc.send_signal(signal.SIGINT)
+        output, _ = await asyncio.wait_for(proc.communicate(), 15)
+        assert proc.returncode == 0, output.decode(errors="replace")
+    finally:
+        transport.close()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def test_sim_drones_command_refuses_bad_options_with_the_reason() -> None:
+    done = subprocess.run([sys.executable, "-m", "gateway.cli", "sim", "drones", "--count", "200", "--first-sysid",
+                           "100"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "must be at most 250" in done.stderr, done.stderr

@@ -8,6 +8,9 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -639,3 +642,65 @@ async def test_200_cars_publish_at_the_expected_rate(mqtt_broker: Any) -> None:
     assert stats.late_ticks == 0 and stats.puback_received == stats.published_messages
     # this process (simulator + observer thread) needs well under a core for 1,000 samples/s
     assert cpu / (t1 - t0) < 0.8
+
+
+# --- the command line ---------------------------------------------------------------------------------------------
+async def test_sim_cars_command_runs_a_faulty_fleet_and_stops_on_sigint(mqtt_broker: EmbeddedMosquitto) -> None:
+    """``patrolgate sim cars`` as a user runs it: a real process with fault flags, against a real broker.
+
+    Skewed clocks, duplicated and malformed payloads arrive as asked; SIGINT stops it cleanly and every car's
+    retained status is ``offline``.
+    """
+    pre = prefix()
+    skew_s = 3600.0
+    with Observer(mqtt_broker.host, mqtt_broker.port, pre) as obs:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway.cli", "sim", "cars", "--count", "3", "--broker", mqtt_broker.url,
+            "--prefix", pre, "--rate-hz", "5", "--seed", "7", "--clock-skew", str(skew_s),
+            "--duplicate-prob", "0.3", "--malformed-prob", "0.3", "--malformed-kinds", "not_json",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )
+        try:
+            await obs.wait_for(lambda: len(obs.on("telemetry")) >= 60, 30, "60 telemetry messages")
+            proc.send_signal(signal.SIGINT)
+            output, _ = await asyncio.wait_for(proc.communicate(), 15)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        assert proc.returncode == 0, output.decode(errors="replace")
+        telemetry = obs.on("telemetry")
+        assert {obs.vehicle_of(m) for m in telemetry} == set(vehicle_ids(3))
+        payloads = [m.payload for m in telemetry]
+        not_json = [p for p in payloads if _is_not_json(p)]
+        assert not_json, "no malformed payload although --malformed-prob 0.3"
+        good = [p for p in payloads if p not in not_json]
+        assert len(good) > len(set(good)), "no duplicated payload although --duplicate-prob 0.3"
+        now_ms = time.time() * 1000
+        for sample in obs.samples():
+            assert abs(sample["ts"] - (now_ms + skew_s * 1000)) < 60_000, "ts is not skewed by --clock-skew"
+        await obs.wait_for(lambda: {obs.vehicle_of(m) for m in obs.on("status") if m.payload == b"offline"}
+                           == set(vehicle_ids(3)), 5, "every car offline after SIGINT")
+
+
+def _is_not_json(payload: bytes) -> bool:
+    try:
+        orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return True
+    return False
+
+
+def test_sim_cars_command_refuses_bad_options_with_the_reason() -> None:
+    for bad, reason in ((["--count", "0"], "--count: 0 is outside [1, 10000]"),
+                        (["--duplicate-prob", "2"], "--duplicate-prob: 2 is outside [0, 1]"),
+                        (["--malformed-kinds", "gibberish"], "--malformed-kinds: expected a comma-separated subset")):
+        done = subprocess.run([sys.executable, "-m", "gateway.cli", "sim", "cars", *bad], capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 2 and reason in done.stderr, done.stderr
+    shown = subprocess.run([sys.executable, "-m", "gateway.cli", "sim", "cars", "--help"], capture_output=True,
+                           text=True, timeout=60)
+    assert shown.returncode == 0
+    for flag in ("--disconnect-prob", "--clock-skew", "--duplicate-prob", "--malformed-prob", "--no-burst",
+                 "--rate-hz", "--batch"):
+        assert flag in shown.stdout

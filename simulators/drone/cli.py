@@ -1,0 +1,78 @@
+"""The drone fleet's command line: one definition of its options for ``patrolgate sim drones`` and
+``python -m simulators.drone`` (the CLI of the project hands its arguments here, so the two cannot drift).
+
+Stops cleanly on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+from collections.abc import Sequence
+
+from .fault_cli import add_fault_arguments, faults_from_args
+from .fleet import run_drone_fleet
+
+__all__ = ["build_parser", "main"]
+
+
+def _sysid(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 250:
+        raise argparse.ArgumentTypeError(f"{value} is outside [1, 250] (MAVLink system ids)")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value:g} is not > 0")
+    return value
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Simulated ArduCopter-like drones speaking "
+                                     "MAVLink 2 over UDP or TCP.")
+    parser.add_argument("--count", type=_sysid, default=5, help="number of drones (default 5)")
+    parser.add_argument("--to", default="udpout:127.0.0.1:14550",
+                        help="the gateway's MAVLink endpoint: udpout:|udpin:|tcp:HOST:PORT")
+    parser.add_argument("--first-sysid", type=_sysid, default=1)
+    parser.add_argument("--time-factor", type=_positive, default=1.0, help="simulated seconds per wall second")
+    parser.add_argument("--home", help="LAT,LON of the first drone (degrees)")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--signing-key-hex", help="64 hex digits: sign everything, accept only signed")
+    parser.add_argument("--rate-cap-hz", type=_positive, help="max wall-clock rate of any one stream")
+    add_fault_arguments(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "python -m simulators.drone") -> None:
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    if args.count + args.first_sysid - 1 > 250:
+        parser.error("--first-sysid + --count - 1 must be at most 250 (MAVLink system ids)")
+    home = tuple(float(x) for x in args.home.split(",")) if args.home else None
+    key = bytes.fromhex(args.signing_key_hex) if args.signing_key_hex else None
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        await run_drone_fleet(
+            args.count,
+            args.to,
+            first_sysid=args.first_sysid,
+            time_factor=args.time_factor,
+            home=home,  # type: ignore[arg-type]
+            faults=faults_from_args(args),
+            stop=stop,
+            seed=args.seed,
+            signing_key=key,
+            stream_rate_cap_hz=args.rate_cap_hz,
+        )
+
+    asyncio.run(run())
