@@ -362,8 +362,9 @@ class _Store:
     def _upsert_vehicles(self, conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]], *, update: bool) -> None:
         """Insert vehicles (id, kind, protocol, name, mavlink_sysid, mqtt_client_id); cache their keys.
 
-        ``update``: a driver's announcement refreshes protocol and the names it knows; otherwise an existing
-        row is left as it is (a sample only needs the key).
+        ``update``: a driver's announcement refreshes kind, protocol and the names it knows (a vehicle first
+        registered from an event, whose kind was a guess, gets its real kind); otherwise an existing row is left
+        as it is (a sample only needs the key).
         """
         # Sorted by id: two gateways registering overlapping fleets lock the rows in the same order (no deadlock).
         columns = [list(c) for c in zip(*sorted(rows, key=lambda row: row[0]), strict=True)]
@@ -373,7 +374,7 @@ class _Store:
         )
         if update:
             result = conn.execute(
-                insert + "ON CONFLICT (id) DO UPDATE SET protocol = EXCLUDED.protocol, "
+                insert + "ON CONFLICT (id) DO UPDATE SET kind = EXCLUDED.kind, protocol = EXCLUDED.protocol, "
                 "name = coalesce(EXCLUDED.name, vehicles.name), "
                 "mavlink_sysid = coalesce(EXCLUDED.mavlink_sysid, vehicles.mavlink_sysid), "
                 "mqtt_client_id = coalesce(EXCLUDED.mqtt_client_id, vehicles.mqtt_client_id) RETURNING id, key",

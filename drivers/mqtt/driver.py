@@ -82,7 +82,8 @@ class MqttOptions:
 
 @dataclass(slots=True)
 class _Vehicle:
-    kind: VehicleKind
+    #: None until the vehicle's first telemetry says (a status message does not carry the kind).
+    kind: VehicleKind | None
     online: bool = False
     last_telemetry: float = 0.0
 
@@ -192,12 +193,22 @@ class MqttDriver(Driver):
     def _allowed(self, vehicle: str) -> bool:
         return self.options.open_registration or vehicle in self.options.allowed_vehicles
 
-    def _known(self, vehicle: str, kind: VehicleKind) -> _Vehicle:
+    def _known(self, vehicle: str, kind: VehicleKind | None) -> _Vehicle:
+        """The vehicle's state, announced to the registry once its kind is known (from its first telemetry):
+        a drone whose retained ``status`` arrives first must not be registered as a patrol car."""
         state = self._vehicles.get(vehicle)
         if state is None:
-            state = self._vehicles[vehicle] = _Vehicle(kind)
+            state = self._vehicles[vehicle] = _Vehicle(None)
+        if state.kind is None and kind is not None:
+            state.kind = kind
             self._new_vehicles.append(VehicleInfo(vehicle, kind, "mqtt", mqtt_client_id=vehicle))
         return state
+
+    def _kind_of(self, vehicle: str) -> VehicleKind:
+        """The vehicle's kind for its events; the contract's default (``patrol_car``) until its telemetry says.
+        The registry takes a guess only for a vehicle it does not have yet; the first telemetry corrects it."""
+        state = self._vehicles.get(vehicle)
+        return state.kind if state is not None and state.kind is not None else VehicleKind.PATROL_CAR
 
     def _telemetry(self, vehicle: str, topic: str, payload: bytes) -> None:
         if not self._allowed(vehicle):
@@ -218,7 +229,7 @@ class MqttDriver(Driver):
 
     def _status(self, vehicle: str, payload: bytes, retained: bool) -> None:
         online = decode_status(payload)
-        state = self._known(vehicle, VehicleKind.PATROL_CAR)
+        state = self._known(vehicle, None)
         if online == state.online and retained:
             return
         state.online = online
@@ -228,11 +239,10 @@ class MqttDriver(Driver):
         if retained:
             detail["retained"] = True
         self._events.append(Event(utcnow(), vehicle, EventType.ONLINE if online else EventType.OFFLINE, detail,
-                                  kind=state.kind))
+                                  kind=self._kind_of(vehicle)))
 
     def _event(self, vehicle: str, payload: bytes) -> None:
-        state = self._vehicles.get(vehicle)
-        event = decode_event(payload, vehicle, state.kind if state else None)
+        event = decode_event(payload, vehicle, self._kind_of(vehicle))
         self._events.append(event)
         self.counters["events"] += 1
 
@@ -338,10 +348,9 @@ class MqttDriver(Driver):
 
     def _command_event(self, vehicle: str, command_id: str, command_type: str, result: str,
                        reason: str | None = None) -> None:
-        state = self._vehicles.get(vehicle)
         self._events.append(Event(utcnow(), vehicle, EventType.COMMAND,
                                   {"id": command_id, "type": command_type, "result": result, "reason": reason},
-                                  kind=state.kind if state else None))
+                                  kind=self._kind_of(vehicle)))
         self._wake.set()
 
     def stats(self) -> dict[str, Any]:

@@ -19,7 +19,16 @@ import pytest
 from helpers import query, until
 from paho.mqtt.enums import CallbackAPIVersion
 
-from drivers.commands import CommandTimeout, Goto, Hold, Takeoff, UnsupportedCommand
+from drivers.commands import (
+    CommandRejected,
+    CommandTimeout,
+    FollowRoute,
+    Goto,
+    Hold,
+    ReturnHome,
+    Takeoff,
+    UnsupportedCommand,
+)
 from drivers.mqtt.client import MqttConnectError
 from gateway.config import load_settings
 from gateway.embedded import EmbeddedMosquitto
@@ -180,6 +189,16 @@ async def test_commands_acked_by_a_car_and_timed_out_when_it_is_gone(gateway: Ga
         await until(lambda: car.mode == "goto", what="car driving to the point")
         with pytest.raises(UnsupportedCommand):
             await gateway.fleet.execute("car-01", Takeoff(10.0))
+        route = ((31.2312, 121.4745), (31.2318, 121.4760))
+        await gateway.fleet.execute("car-01", FollowRoute(route, loop=True))
+        await until(lambda: car.mode == "route", what="car on its route")
+        assert car.grid.to_latlon(*car.target) == pytest.approx(route[-1], abs=1e-6)  # bound for the last point
+        with pytest.raises(CommandRejected, match="outside the patrol district") as refused:
+            await gateway.fleet.execute("car-01", Goto(0.5, 0.5))
+        assert refused.value.result == "rejected"
+        assert car.mode == "route"  # a refused command changes nothing
+        await gateway.fleet.execute("car-01", ReturnHome())
+        await until(lambda: car.mode == "return", what="car returning to base")
         stop.set()
         await driving
     # The car is gone (disconnected): the command times out, and the broker tells us it went offline.
@@ -187,8 +206,9 @@ async def test_commands_acked_by_a_car_and_timed_out_when_it_is_gone(gateway: Ga
     with pytest.raises(CommandTimeout):
         await gateway.fleet.execute("car-01", Hold())
     sql = "SELECT detail->>'result' FROM events WHERE type = 'command' ORDER BY time, id"
-    await until(lambda: len(query(db, sql)) == 4, what="command events stored")
-    assert [r[0] for r in query(db, sql)] == ["accepted", "accepted", "unsupported", "timeout"]
+    await until(lambda: len(query(db, sql)) == 7, what="command events stored")
+    assert [r[0] for r in query(db, sql)] == ["accepted", "accepted", "unsupported", "accepted", "rejected",
+                                              "accepted", "timeout"]
 
 
 async def test_two_gateways_share_the_load_without_duplicates_or_loss(db: str, mqtt_broker: EmbeddedMosquitto,
@@ -375,5 +395,47 @@ async def test_mqtt_311_and_offline_on_telemetry_silence(db: str, mqtt_broker: E
         await gw.writer.flush()  # type: ignore[union-attr]
         details = query(db, "SELECT type, detail->>'reason' FROM events ORDER BY time, id")
         assert details == [("online", "telemetry"), ("offline", "telemetry_silence")]
+    finally:
+        await gw.stop()
+
+
+async def test_an_mqtt_drone_its_status_its_sos_and_its_last_will(db: str, mqtt_broker: EmbeddedMosquitto,
+                                                                  tmp_path: Path) -> None:
+    """A drone on the MQTT contract whose retained ``online`` is all the gateway sees first: it is registered as
+    a drone once its telemetry says so; its SOS lands in ``events``; its last will is an ``offline`` from the
+    status topic (silence is set far off, so it cannot be the cause)."""
+    pre = "t/drone-mqtt"
+    drone = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="drone-01",
+                        protocol=mqtt.MQTTv5)
+    drone.will_set(f"{pre}/drone-01/status", b"offline", qos=1, retain=True)
+    drone.connect(mqtt_broker.host, mqtt_broker.port)
+    drone.loop_start()
+    drone.publish(f"{pre}/drone-01/status", b"online", qos=1, retain=True).wait_for_publish(5)
+    gw = Gateway(settings_for(db, mqtt_broker, tmp_path, client_id="gw-drone", prefix=pre, silence_timeout="60s"))
+    await gw.start()
+    try:
+        await until(lambda: gw.live.online.get("drone-01") is True, what="online from the retained status")
+        ts = now_ms(-1)
+        doc = telemetry(ts, kind="drone", alt_m=62.0, alt_rel_m=40.0, climb_mps=-0.5, roll_deg=2.0,
+                        pitch_deg=-3.0, yaw_deg=181.0, armed=True, mode="AUTO", link_quality_pct=97.0)
+        drone.publish(f"{pre}/drone-01/telemetry", orjson.dumps(doc), qos=1).wait_for_publish(5)
+        sos = {"v": 1, "type": "sos", "ts": ts, "id": "e-17", "lat": 31.2305, "lon": 121.4738,
+               "detail": {"button": "remote"}}
+        drone.publish(f"{pre}/drone-01/event", orjson.dumps(sos), qos=1).wait_for_publish(5)
+        await until(lambda: "drone-01" in gw.live.latest, what="drone telemetry")
+        drone.loop_stop()
+        drone.socket().close()  # no DISCONNECT: the broker publishes the last will
+        await until(lambda: gw.live.online.get("drone-01") is False, what="offline from the last will")
+        await gw.writer.flush()  # type: ignore[union-attr]
+        assert query(db, "SELECT kind, protocol FROM vehicles WHERE id = 'drone-01'") == [("drone", "mqtt")]
+        assert query(db, "SELECT alt_rel_m, climb_mps, yaw_deg, armed, mode, link_quality_pct FROM telemetry") == [
+            (40.0, -0.5, 181.0, True, "AUTO", 97.0)]
+        events = query(db, "SELECT type, detail, lat, lon, time FROM events ORDER BY time, id")
+        status = [(t, d) for t, d, *_ in events if t in ("online", "offline")]
+        assert status == [("online", {"reason": "status_topic", "retained": True}),
+                          ("offline", {"reason": "status_topic"})]
+        [sos_row] = [row for row in events if row[0] == "sos"]
+        assert sos_row[1:] == ({"button": "remote", "event_id": "e-17"}, 31.2305, 121.4738,
+                               datetime.fromtimestamp(ts / 1000, UTC))
     finally:
         await gw.stop()
