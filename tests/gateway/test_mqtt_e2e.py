@@ -280,9 +280,18 @@ async def test_password_and_acl_broker_accepts_the_gateway_and_refuses_a_wrong_p
                                   username="gateway", password="s3cret"))
         await gw.start()
         try:
+            # The ACL lets car-01 write under its own topics only: posing as car-02 is refused by the broker
+            # (PUBACK reason 135, not authorized; mosquitto then drops the connection).
+            intruder = publisher(broker, "car-01-posing", username="car-01", password="carpw")
+            refused: list[int] = []
+            intruder.on_publish = lambda client, userdata, mid, reason, props: refused.append(reason.value)
+            intruder.publish("t/acl/car-02/telemetry", orjson.dumps(telemetry(now_ms(-2))), qos=1).wait_for_publish(5)
+            assert refused == [135]
+            intruder.loop_stop()
             pub = publisher(broker, "car-01", username="car-01", password="carpw")
             pub.publish("t/acl/car-01/telemetry", orjson.dumps(telemetry(now_ms(-1))), qos=1).wait_for_publish(5)
             await until(lambda: "car-01" in gw.live.latest, what="telemetry through the ACL broker")
+            assert "car-02" not in gw.live.latest and gw.pipeline is not None and gw.pipeline.received == 1
             pub.loop_stop()
             pub.disconnect()
         finally:
