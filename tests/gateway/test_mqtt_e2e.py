@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -448,3 +449,71 @@ async def test_an_mqtt_drone_its_status_its_sos_and_its_last_will(db: str, mqtt_
                                datetime.fromtimestamp(ts / 1000, UTC))
     finally:
         await gw.stop()
+
+
+class _Mqtt311OnlyProxy:
+    """A broker that only speaks MQTT 3.1.1, as older ones do: a front for mosquitto that answers an MQTT 5
+    CONNECT with the 3.1.1 refusal (CONNACK return code 1, unacceptable protocol version) and passes 3.1.1
+    connections through."""
+
+    def __init__(self, broker: EmbeddedMosquitto) -> None:
+        self.broker = broker
+        self.levels: list[int] = []  # the protocol level of every CONNECT seen
+        self._server: asyncio.Server | None = None
+        self._pipes: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"mqtt://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in self._pipes:
+            task.cancel()
+        await asyncio.gather(*self._pipes, return_exceptions=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        header = await reader.readexactly(2)  # CONNECT type byte, then the remaining length (one byte here)
+        body = await reader.readexactly(header[1])
+        level = body[6]  # after the protocol name: 0x00 0x04 'MQTT'
+        self.levels.append(level)
+        if level == 5:
+            writer.write(b"\x20\x02\x00\x01")
+            await writer.drain()
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection(self.broker.host, self.broker.port)
+        up_writer.write(header + body)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        for task in (asyncio.create_task(pipe(reader, up_writer)), asyncio.create_task(pipe(up_reader, writer))):
+            self._pipes.add(task)
+
+
+async def test_protocol_auto_falls_back_to_mqtt_311_when_the_broker_refuses_5(
+        db: str, mqtt_broker: EmbeddedMosquitto, tmp_path: Path) -> None:
+    proxy = _Mqtt311OnlyProxy(mqtt_broker)
+    async with proxy as url:
+        settings = settings_for(db, mqtt_broker, tmp_path, client_id="gw-fallback", prefix="t/fallback",
+                                protocol="auto")
+        settings.mqtt.broker = url
+        gw = Gateway(settings)
+        await gw.start()
+        try:
+            assert gw.drivers[0]._client.version == 4  # type: ignore[attr-defined]
+            assert proxy.levels == [5, 4]
+            pub = publisher(mqtt_broker, "car-old-broker")
+            pub.publish("t/fallback/car-09/telemetry", orjson.dumps(telemetry(now_ms(-1))),
+                        qos=1).wait_for_publish(5)
+            await until(lambda: "car-09" in gw.live.latest, what="telemetry over the 3.1.1 connection")
+            pub.loop_stop()
+            pub.disconnect()
+        finally:
+            await gw.stop()
