@@ -47,6 +47,9 @@ _UNSUPPORTED_PROTOCOL = 132  # MQTT 5 CONNACK reason; a 3.1.1 broker answers ret
 _READ_TURN_S = 0.005
 #: Longest wait for the broker to close after our DISCONNECT (seconds).
 _LINGER_S = 2.0
+#: Wait before the first reconnect, doubled after every failure up to the maximum (seconds, +-50 % jitter).
+RECONNECT_BACKOFF_INITIAL_S = 0.25
+RECONNECT_BACKOFF_MAX_S = 15.0
 
 
 class MqttConnectError(ConnectionError):
@@ -242,7 +245,9 @@ class MqttClient:
                 self._client.loop_misc()
 
     async def _reconnect(self) -> None:
-        backoff = 0.25
+        """Try again after RECONNECT_BACKOFF_INITIAL_S, doubling up to RECONNECT_BACKOFF_MAX_S, each wait
+        jittered by +-50 %: a gateway fleet that lost its broker does not come back in one wave."""
+        backoff = RECONNECT_BACKOFF_INITIAL_S
         while not self._closing:
             await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
             try:
@@ -250,7 +255,7 @@ class MqttClient:
                 return
             except MqttConnectError as exc:
                 log.warning("MQTT reconnect to %s:%s failed: %s", self.url.host, self.url.port, exc)
-                backoff = min(backoff * 2, 15.0)
+                backoff = min(backoff * 2, RECONNECT_BACKOFF_MAX_S)
 
     # -- paho callbacks (always on the loop) -------------------------------------------------------------
 

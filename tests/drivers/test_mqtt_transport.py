@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import logging
 import shutil
 import subprocess
 import time
@@ -23,6 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from drivers.mqtt import client as client_module
 from drivers.mqtt.client import MqttClient, MqttConnectError
 from drivers.mqtt.transport import GatewayPahoClient
 from gateway.embedded import EmbeddedMosquitto, free_port
@@ -232,3 +235,36 @@ async def test_tls_backlog_read_ahead_and_a_certificate_from_another_ca(tls_file
         await client.stop()
         pub.loop_stop()
         pub.disconnect()
+
+
+async def test_reconnect_waits_longer_after_each_failure_and_resumes_when_the_broker_is_back() -> None:
+    """Broker gone: the attempts are spaced by a doubling, jittered backoff (never a tight loop); broker back:
+    the client reconnects by itself."""
+    failures: list[float] = []
+
+    class Failures(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "reconnect" in record.getMessage():
+                failures.append(time.monotonic())
+
+    handler = Failures()
+    logging.getLogger(client_module.__name__).addHandler(handler)
+    received = Received()
+    try:
+        with EmbeddedMosquitto() as broker:
+            client = MqttClient(broker.url, "backoff-test", received)
+            received.client = client
+            await client.start()
+            try:
+                broker.stop_server()
+                await until(lambda: len(failures) >= 5, timeout=30, what="five failed reconnects")
+                gaps = [b - a for a, b in itertools.pairwise(failures[:5])]
+                for i, gap in enumerate(gaps):
+                    wait = client_module.RECONNECT_BACKOFF_INITIAL_S * 2 ** (i + 1)
+                    assert 0.5 * wait - 0.02 <= gap <= 1.5 * wait + 0.25, (i, gaps)
+                broker.start_server()
+                await until(lambda: client.connected.is_set(), timeout=30, what="reconnected")
+            finally:
+                await client.stop()
+    finally:
+        logging.getLogger(client_module.__name__).removeHandler(handler)
