@@ -8,7 +8,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+import orjson
 from fastapi import FastAPI, HTTPException
+from fastapi.responses import Response
+
+from drivers.mqtt.contract import SCHEMA_DIR
 
 if TYPE_CHECKING:
     from gateway.service import Gateway
@@ -52,5 +56,18 @@ def create_app(gateway: Gateway) -> FastAPI:
         if sample is None:
             raise HTTPException(404, f"vehicle {vehicle_id!r} has not reported")
         return {"id": vehicle_id, "online": gateway.live.online.get(vehicle_id), "latest": _sample_json(sample)}
+
+    @app.get("/api/v1/schema/mqtt")
+    async def mqtt_schemas() -> list[str]:
+        """The MQTT contract's JSON Schema files (docs/mqtt.md), for vehicle makers to validate against."""
+        return sorted(p.name for p in SCHEMA_DIR.glob("*.json"))
+
+    @app.get("/api/v1/schema/mqtt/{name}", response_class=Response)
+    async def mqtt_schema(name: str) -> Response:
+        path = SCHEMA_DIR / name
+        if path.parent != SCHEMA_DIR or path.suffix != ".json" or not path.is_file():
+            raise HTTPException(404, f"no MQTT schema {name!r}; GET /api/v1/schema/mqtt lists them")
+        orjson.loads(path.read_bytes())  # a broken file is a server error, not a document
+        return Response(path.read_bytes(), media_type="application/schema+json")
 
     return app

@@ -15,6 +15,7 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -26,6 +27,7 @@ from telemetry.validation import PHYSICAL_RANGES, RangeCheckedSample
 __all__ = [
     "CONTRACT_VERSION",
     "MAX_BATCH",
+    "SCHEMA_DIR",
     "ContractError",
     "Topic",
     "decode_ack",
@@ -38,6 +40,8 @@ __all__ = [
 
 CONTRACT_VERSION = 1
 MAX_BATCH = 1000
+#: The contract's JSON Schema files (``<payload>.v1.json``), kept with the code that implements it.
+SCHEMA_DIR = Path(__file__).parent / "schema"
 VEHICLE_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _KINDS = {"patrol_car": VehicleKind.PATROL_CAR, "drone": VehicleKind.DRONE}
 

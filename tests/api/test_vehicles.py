@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import jsonschema
 from helpers import make_sample
 
 from api.app import create_app
+from drivers.mqtt.contract import SCHEMA_DIR
 from gateway.config import load_settings
 from gateway.service import Gateway
 from telemetry.model import VehicleKind
@@ -31,3 +34,20 @@ async def test_a_cars_latest_state_has_its_car_fields_and_not_its_raw_payload() 
     assert "raw" not in latest
     assert fleet == [one]
     assert missing.status_code == 404
+
+
+async def test_the_mqtt_contract_schemas_are_served_as_kept_in_the_repository() -> None:
+    gateway = Gateway(load_settings(database={"dsn": "postgresql://unused"}, api={"enabled": False}))
+    transport = httpx.ASGITransport(app=create_app(gateway))
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+        names = (await client.get("/api/v1/schema/mqtt")).json()
+        served = {name: await client.get(f"/api/v1/schema/mqtt/{name}") for name in names}
+        missing = await client.get("/api/v1/schema/mqtt/nope.json")
+        escape = await client.get("/api/v1/schema/mqtt/..%2Fcontract.py")
+    assert names == ["ack.v1.json", "command.v1.json", "event.v1.json", "telemetry.v1.json"]
+    for name, response in served.items():
+        assert response.headers["content-type"] == "application/schema+json"
+        assert response.json() == json.loads((SCHEMA_DIR / name).read_text())
+        jsonschema.Draft202012Validator.check_schema(response.json())
+    assert missing.status_code == 404 and "GET /api/v1/schema/mqtt lists them" in missing.json()["detail"]
+    assert escape.status_code == 404
