@@ -186,3 +186,6 @@ class VehicleInfo:
     name: str | None = None
     mavlink_sysid: int | None = None
     mqtt_client_id: str | None = None
+    #: False when ``kind`` is only the protocol's default (an MQTT vehicle heard on its status topic before any
+    #: telemetry): it registers a vehicle the registry does not have, and never changes the kind of one it has.
+    kind_known: bool = True

@@ -171,7 +171,8 @@ class Batch:
                     for r in self.rejections
                 ],
                 "vehicles": [
-                    [v.vehicle, v.kind, v.protocol, v.name, v.mavlink_sysid, v.mqtt_client_id] for v in self.vehicles
+                    [v.vehicle, v.kind, v.protocol, v.name, v.mavlink_sysid, v.mqtt_client_id, v.kind_known]
+                    for v in self.vehicles
                 ],
             }
         )
@@ -194,9 +195,10 @@ class Batch:
                           raw=base64.b64decode(raw) if raw is not None else None, topic=to)
                 for t, so, re_, de, ve, raw, to in doc["rejections"]
             ],
-            vehicles=[
-                VehicleInfo(vehicle=v, kind=VehicleKind(k), protocol=p, name=n, mavlink_sysid=s, mqtt_client_id=c)
-                for v, k, p, n, s, c in doc["vehicles"]
+            vehicles=[  # records spooled before kind_known have 6 fields: their kinds were all known
+                VehicleInfo(vehicle=v, kind=VehicleKind(k), protocol=p, name=n, mavlink_sysid=s, mqtt_client_id=c,
+                            kind_known=known[0] if known else True)
+                for v, k, p, n, s, c, *known in doc["vehicles"]
             ],
         )
 
@@ -339,14 +341,22 @@ class _Store:
         in the first batch, each waiting for the GIL behind ingest, half a second before its COPY began.
         """
         if batch.vehicles:
-            # One row per vehicle (ON CONFLICT cannot touch a row twice): later announcements win field by field.
-            announced: dict[str, tuple[Any, ...]] = {}
+            # One row per vehicle (ON CONFLICT cannot touch a row twice): later announcements win field by field,
+            # and a known kind wins over a default one.
+            announced: dict[str, tuple[tuple[Any, ...], bool]] = {}
             for v in batch.vehicles:
                 row = (v.vehicle, str(v.kind), v.protocol, v.name, v.mavlink_sysid, v.mqtt_client_id)
-                before = announced.get(v.vehicle)
-                announced[v.vehicle] = row if before is None else tuple(
-                    new if new is not None else old for new, old in zip(row, before, strict=True))
-            self._upsert_vehicles(conn, list(announced.values()), update=True)
+                known = v.kind_known
+                if (before := announced.get(v.vehicle)) is not None:
+                    old_row, old_known = before
+                    row = tuple(new if new is not None else old for new, old in zip(row, old_row, strict=True))
+                    if old_known and not known:
+                        row, known = (row[0], old_row[1], *row[2:]), True
+                announced[v.vehicle] = (row, known)
+            for set_kind in (True, False):
+                rows = [row for row, known in announced.values() if known is set_kind]
+                if rows:
+                    self._upsert_vehicles(conn, rows, update=True, set_kind=set_kind)
         unknown = set(map(_VEHICLE_OF, batch.samples)).union(map(_VEHICLE_OF, batch.events)).difference(self.keys)
         if unknown:
             missing: dict[str, tuple[str, str, str | None, None, None, None]] = {}
@@ -359,12 +369,13 @@ class _Store:
                     missing[e.vehicle] = (e.vehicle, str(e.kind or VehicleKind.DRONE), None, None, None, None)
             self._upsert_vehicles(conn, list(missing.values()), update=False)
 
-    def _upsert_vehicles(self, conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]], *, update: bool) -> None:
+    def _upsert_vehicles(self, conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]], *, update: bool,
+                         set_kind: bool = False) -> None:
         """Insert vehicles (id, kind, protocol, name, mavlink_sysid, mqtt_client_id); cache their keys.
 
-        ``update``: a driver's announcement refreshes kind, protocol and the names it knows (a vehicle first
-        registered from an event, whose kind was a guess, gets its real kind); otherwise an existing row is left
-        as it is (a sample only needs the key).
+        ``update``: a driver's announcement refreshes protocol and the names it knows, and with ``set_kind`` the
+        kind (a vehicle first registered from an event or a status, whose kind was the default, gets its real
+        one); otherwise an existing row is left as it is (a sample only needs the key).
         """
         # Sorted by id: two gateways registering overlapping fleets lock the rows in the same order (no deadlock).
         columns = [list(c) for c in zip(*sorted(rows, key=lambda row: row[0]), strict=True)]
@@ -374,7 +385,8 @@ class _Store:
         )
         if update:
             result = conn.execute(
-                insert + "ON CONFLICT (id) DO UPDATE SET kind = EXCLUDED.kind, protocol = EXCLUDED.protocol, "
+                insert + "ON CONFLICT (id) DO UPDATE SET "
+                + ("kind = EXCLUDED.kind, " if set_kind else "") + "protocol = EXCLUDED.protocol, "
                 "name = coalesce(EXCLUDED.name, vehicles.name), "
                 "mavlink_sysid = coalesce(EXCLUDED.mavlink_sysid, vehicles.mavlink_sysid), "
                 "mqtt_client_id = coalesce(EXCLUDED.mqtt_client_id, vehicles.mqtt_client_id) RETURNING id, key",

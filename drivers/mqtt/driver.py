@@ -194,14 +194,17 @@ class MqttDriver(Driver):
         return self.options.open_registration or vehicle in self.options.allowed_vehicles
 
     def _known(self, vehicle: str, kind: VehicleKind | None) -> _Vehicle:
-        """The vehicle's state, announced to the registry once its kind is known (from its first telemetry):
-        a drone whose retained ``status`` arrives first must not be registered as a patrol car."""
+        """The vehicle's state. It is announced to the registry when first heard, and again once its first
+        telemetry tells its kind: a drone whose retained ``status`` arrives first is registered with the
+        contract's default kind only until then, and a known vehicle's kind is never changed by a status."""
         state = self._vehicles.get(vehicle)
         if state is None:
-            state = self._vehicles[vehicle] = _Vehicle(None)
-        if state.kind is None and kind is not None:
-            state.kind = kind
-            self._new_vehicles.append(VehicleInfo(vehicle, kind, "mqtt", mqtt_client_id=vehicle))
+            state = self._vehicles[vehicle] = _Vehicle(kind)
+        elif state.kind is not None or kind is None:
+            return state
+        state.kind = kind
+        self._new_vehicles.append(VehicleInfo(vehicle, kind or VehicleKind.PATROL_CAR, "mqtt",
+                                              mqtt_client_id=vehicle, kind_known=kind is not None))
         return state
 
     def _kind_of(self, vehicle: str) -> VehicleKind:
@@ -307,7 +310,7 @@ class MqttDriver(Driver):
                     state.online = False
                     self._events.append(Event(utcnow(), vehicle, EventType.OFFLINE,
                                               {"reason": "telemetry_silence", "timeout_s": timeout},
-                                              kind=state.kind))
+                                              kind=self._kind_of(vehicle)))
 
     # -- commands (CommandTarget) ------------------------------------------------------------------------
 

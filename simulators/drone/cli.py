@@ -12,38 +12,31 @@ import contextlib
 import signal
 from collections.abc import Sequence
 
+from simulators.argtypes import bounded
+
 from .fault_cli import add_fault_arguments, faults_from_args
 from .fleet import run_drone_fleet
 
 __all__ = ["build_parser", "main"]
 
 
-def _sysid(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= 250:
-        raise argparse.ArgumentTypeError(f"{value} is outside [1, 250] (MAVLink system ids)")
-    return value
-
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{value:g} is not > 0")
-    return value
+_SYSID = bounded(int, 1, 250)  # MAVLink system ids
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="Simulated ArduCopter-like drones speaking "
                                      "MAVLink 2 over UDP or TCP.")
-    parser.add_argument("--count", type=_sysid, default=5, help="number of drones (default 5)")
+    parser.add_argument("--count", type=_SYSID, default=5, help="number of drones (default 5)")
     parser.add_argument("--to", default="udpout:127.0.0.1:14550",
                         help="the gateway's MAVLink endpoint: udpout:|udpin:|tcp:HOST:PORT")
-    parser.add_argument("--first-sysid", type=_sysid, default=1)
-    parser.add_argument("--time-factor", type=_positive, default=1.0, help="simulated seconds per wall second")
+    parser.add_argument("--first-sysid", type=_SYSID, default=1)
+    parser.add_argument("--time-factor", type=bounded(float, 0.1, 100.0), default=1.0,
+                        help="simulated seconds per wall second (0.1-100)")
     parser.add_argument("--home", help="LAT,LON of the first drone (degrees)")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--signing-key-hex", help="64 hex digits: sign everything, accept only signed")
-    parser.add_argument("--rate-cap-hz", type=_positive, help="max wall-clock rate of any one stream")
+    parser.add_argument("--rate-cap-hz", type=bounded(float, 0.1, 1000.0),
+                        help="max wall-clock rate of any one stream")
     add_fault_arguments(parser)
     return parser
 

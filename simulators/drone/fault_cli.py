@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 
+from simulators.argtypes import bounded
+
 from .faults import FaultConfig
 
 
 def add_fault_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("faults (times in simulated seconds after start)")
-    group.add_argument("--packet-loss-pct", "--loss-pct", dest="packet_loss_pct", type=float, default=0.0,
-                       help="frame loss per direction, %%")
-    group.add_argument("--latency-ms", type=float, default=0.0, help="one-way delay, wall milliseconds")
+    group.add_argument("--packet-loss-pct", "--loss-pct", dest="packet_loss_pct", type=bounded(float, 0.0, 100.0),
+                       default=0.0, help="frame loss per direction, %%")
+    group.add_argument("--latency-ms", type=bounded(float, 0.0, 10_000.0), default=0.0,
+                       help="one-way delay, wall milliseconds")
     group.add_argument("--link-drop", action="append", default=[], metavar="START_S,DURATION_S", help="radio outage")
     group.add_argument(
         "--gps-glitch", action="append", default=[], metavar="START_S[,DURATION_S[,OFFSET_M]]",

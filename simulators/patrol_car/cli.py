@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
+from simulators.argtypes import bounded
 from simulators.patrol_car.faults import MALFORMED_KINDS, CarFaults
 from simulators.patrol_car.fleet import CarFleet
 
@@ -22,20 +23,7 @@ __all__ = ["build_parser", "main"]
 STATS_EVERY_S = 10.0
 
 
-def _bounded(kind: Callable[[str], float], low: float, high: float) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{value:g} is outside [{low:g}, {high:g}]")
-        return value
-
-    return parse
-
-
-_PROBABILITY = _bounded(float, 0.0, 1.0)
+_PROBABILITY = bounded(float, 0.0, 1.0)
 
 
 def _malformed_kinds(text: str) -> tuple[str, ...]:
@@ -49,16 +37,16 @@ def _malformed_kinds(text: str) -> tuple[str, ...]:
 def build_parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="Simulated patrol cars driving a street grid and "
                                 "speaking patrolgate's MQTT contract (docs/mqtt.md).")
-    p.add_argument("--count", type=_bounded(int, 1, 10_000), default=10, help="number of cars (default 10)")
+    p.add_argument("--count", type=bounded(int, 1, 10_000), default=10, help="number of cars (default 10)")
     p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="mqtt://host:port or mqtts://host:port")
     p.add_argument("--prefix", default="patrolgate/v1", help="topic prefix (default patrolgate/v1)")
-    p.add_argument("--first-index", type=_bounded(int, 1, 1_000_000), default=1,
+    p.add_argument("--first-index", type=bounded(int, 1, 1_000_000), default=1,
                    help="number of the first car: car-0001 by default")
-    p.add_argument("--rate-hz", "--rate", dest="rate_hz", type=_bounded(float, 0.01, 50.0), default=1.0,
+    p.add_argument("--rate-hz", "--rate", dest="rate_hz", type=bounded(float, 0.01, 50.0), default=1.0,
                    help="telemetry samples per simulated second per car (default 1)")
-    p.add_argument("--batch", type=_bounded(int, 1, 1000), default=1,
+    p.add_argument("--batch", type=bounded(int, 1, 1000), default=1,
                    help="samples per published message; a JSON array when > 1 (default 1)")
-    p.add_argument("--time-factor", type=_bounded(float, 0.1, 100.0), default=1.0,
+    p.add_argument("--time-factor", type=bounded(float, 0.1, 100.0), default=1.0,
                    help="simulated seconds per wall second (default 1)")
     p.add_argument("--username")
     p.add_argument("--password")
@@ -66,20 +54,20 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--qos", type=int, default=1, choices=(0, 1), help="telemetry QoS (default 1)")
     p.add_argument("--event-prob", type=_PROBABILITY, default=0.0,
                    help="chance per sample of an event (SOS, door, camera alarm)")
-    p.add_argument("--shared", type=_bounded(int, 0, 64), default=0, metavar="N",
+    p.add_argument("--shared", type=bounded(int, 0, 64), default=0, metavar="N",
                    help="publish through N shared connections instead of one per car (big fleets)")
     faults = p.add_argument_group("faults (see simulators/patrol_car/faults.py)")
     faults.add_argument("--disconnect-prob", type=_PROBABILITY, default=0.0,
                         help="chance per sample that the car's connection is cut (the broker sends its last will)")
-    faults.add_argument("--disconnect-for", dest="disconnect_for_s", type=_bounded(float, 0.0, 3600.0),
+    faults.add_argument("--disconnect-for", dest="disconnect_for_s", type=bounded(float, 0.0, 3600.0),
                         default=5.0, metavar="SECONDS", help="wall seconds a cut car stays away (default 5)")
     faults.add_argument("--no-burst", dest="burst_on_reconnect", action="store_false",
                         help="drop the samples taken while away instead of sending them in a burst on reconnect")
-    faults.add_argument("--burst-batch", type=_bounded(int, 0, 1000), default=0,
+    faults.add_argument("--burst-batch", type=bounded(int, 0, 1000), default=0,
                         help="samples per message of the reconnect burst (0: as --batch)")
     faults.add_argument("--clock-skew", dest="clock_skew_s", type=float, default=0.0, metavar="SECONDS",
                         help="seconds added to every ts")
-    faults.add_argument("--clock-skew-spread", dest="clock_skew_spread_s", type=_bounded(float, 0.0, 86_400.0),
+    faults.add_argument("--clock-skew-spread", dest="clock_skew_spread_s", type=bounded(float, 0.0, 86_400.0),
                         default=0.0, metavar="SECONDS", help="plus a per-car offset in +-SECONDS")
     faults.add_argument("--duplicate-prob", type=_PROBABILITY, default=0.0,
                         help="chance that a telemetry message is published twice")

@@ -421,6 +421,7 @@ async def test_an_mqtt_drone_its_status_its_sos_and_its_last_will(db: str, mqtt_
     drone.connect(mqtt_broker.host, mqtt_broker.port)
     drone.loop_start()
     drone.publish(f"{pre}/drone-01/status", b"online", qos=1, retain=True).wait_for_publish(5)
+    drone.publish(f"{pre}/dock-09/status", b"online", qos=1, retain=True).wait_for_publish(5)  # status only
     gw = Gateway(settings_for(db, mqtt_broker, tmp_path, client_id="gw-drone", prefix=pre, silence_timeout="60s"))
     await gw.start()
     try:
@@ -437,10 +438,12 @@ async def test_an_mqtt_drone_its_status_its_sos_and_its_last_will(db: str, mqtt_
         drone.socket().close()  # no DISCONNECT: the broker publishes the last will
         await until(lambda: gw.live.online.get("drone-01") is False, what="offline from the last will")
         await gw.writer.flush()  # type: ignore[union-attr]
-        assert query(db, "SELECT kind, protocol FROM vehicles WHERE id = 'drone-01'") == [("drone", "mqtt")]
+        assert query(db, "SELECT id, kind, protocol, mqtt_client_id FROM vehicles ORDER BY id") == [
+            ("dock-09", "patrol_car", "mqtt", "dock-09"), ("drone-01", "drone", "mqtt", "drone-01")]
         assert query(db, "SELECT alt_rel_m, climb_mps, yaw_deg, armed, mode, link_quality_pct FROM telemetry") == [
             (40.0, -0.5, 181.0, True, "AUTO", 97.0)]
-        events = query(db, "SELECT type, detail, lat, lon, time FROM events ORDER BY time, id")
+        events = query(db, "SELECT type, detail, lat, lon, time FROM events e JOIN vehicles v ON v.key = "
+                           "e.vehicle_key WHERE v.id = 'drone-01' ORDER BY time, e.id")
         status = [(t, d) for t, d, *_ in events if t in ("online", "offline")]
         assert status == [("online", {"reason": "status_topic", "retained": True}),
                           ("offline", {"reason": "status_topic"})]

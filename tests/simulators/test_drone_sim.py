@@ -769,6 +769,10 @@ async def test_sim_drones_command_sends_mavlink_and_stops_on_sigint() -> None:
 
 
 def test_sim_drones_command_refuses_bad_options_with_the_reason() -> None:
-    done = subprocess.run([sys.executable, "-m", "gateway.cli", "sim", "drones", "--count", "200", "--first-sysid",
-                           "100"], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and "must be at most 250" in done.stderr, done.stderr
+    for bad, reason in ((["--count", "200", "--first-sysid", "100"], "must be at most 250"),
+                        (["--time-factor", "5000"], "--time-factor: 5000 is outside [0.1, 100]"),
+                        (["--loss-pct", "500"], "--loss-pct: 500 is outside [0, 100]"),
+                        (["--latency-ms", "-5"], "--latency-ms: -5 is outside [0, 10000]")):
+        done = subprocess.run([sys.executable, "-m", "gateway.cli", "sim", "drones", *bad], capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 2 and reason in done.stderr, done.stderr

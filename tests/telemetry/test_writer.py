@@ -72,6 +72,31 @@ async def test_a_fleet_appearing_at_once_is_registered_in_one_batch(db: str, tmp
     assert query(db, "SELECT count(*), count(DISTINCT vehicle_key) FROM telemetry") == [(601, 600)]
 
 
+async def test_an_announced_kind_replaces_a_default_one_and_a_default_never_replaces_a_known_one(
+        db: str, tmp_path: Path) -> None:
+    """MQTT vehicles heard on their status topic first are announced with the contract's default kind
+    (``kind_known=False``): that registers a new vehicle, never changes a registered one; a known kind does."""
+    writer = TelemetryWriter(db, writer_settings(tmp_path))
+    await writer.start()
+    drone, car = VehicleKind.DRONE, VehicleKind.PATROL_CAR
+    await writer.submit(vehicles=[
+        VehicleInfo("dock-1", drone, "mqtt"),  # known: a drone
+        VehicleInfo("new-1", car, "mqtt", mqtt_client_id="new-1", kind_known=False),  # first heard on status
+    ])
+    await writer.flush()
+    await writer.submit(vehicles=[
+        VehicleInfo("dock-1", car, "mqtt", mqtt_client_id="dock-1", kind_known=False),  # after a restart
+        VehicleInfo("new-1", drone, "mqtt", kind_known=True),  # its first telemetry says drone
+        # in one batch: the default, then the known kind, then the default again
+        VehicleInfo("both-1", car, "mqtt", kind_known=False), VehicleInfo("both-1", drone, "mqtt"),
+        VehicleInfo("both-1", car, "mqtt", name="Dock 3", kind_known=False),
+    ])
+    await writer.stop()
+    assert query(db, "SELECT id, kind, protocol, name, mqtt_client_id FROM vehicles ORDER BY id") == [
+        ("both-1", "drone", "mqtt", "Dock 3", None), ("dock-1", "drone", "mqtt", None, "dock-1"),
+        ("new-1", "drone", "mqtt", None, "new-1")]
+
+
 async def test_vehicle_latest_ignores_out_of_order_samples(db: str, tmp_path: Path) -> None:
     t0 = datetime.now(UTC) - timedelta(minutes=5)
     writer = TelemetryWriter(db, writer_settings(tmp_path))
@@ -387,10 +412,15 @@ def test_batch_encoding_round_trip() -> None:
         samples=[make_sample("drone-1", t, kind=VehicleKind.DRONE, extra={"a": 1}, armed=False)],
         events=[Event(t, "drone-1", "offline", {"after_s": 5}, kind=VehicleKind.DRONE, lat_deg=1.0, lon_deg=2.0)],
         rejections=[Rejection(t, "mqtt", "bad_json", "x", vehicle="car-1", raw=b"\x00\xff", topic="a/b")],
-        vehicles=[VehicleInfo("drone-1", VehicleKind.DRONE, "mavlink", "Alpha", 1, None)],
+        vehicles=[VehicleInfo("drone-1", VehicleKind.DRONE, "mavlink", "Alpha", 1, None),
+                  VehicleInfo("car-1", VehicleKind.PATROL_CAR, "mqtt", mqtt_client_id="car-1", kind_known=False)],
     )
     again = Batch.decode(batch.encode())
     assert again == batch
+    # A record spooled before announcements said whether their kind was known: it was.
+    old = orjson.loads(batch.encode())
+    old["vehicles"] = [v[:6] for v in old["vehicles"]]
+    assert [v.kind_known for v in Batch.decode(orjson.dumps(old)).vehicles] == [True, True]
 
 
 def test_a_spool_record_of_the_first_format_still_decodes() -> None:
