@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
-import signal
 from collections.abc import Sequence
 
-from simulators.argtypes import bounded
+from simulators.cli_support import bounded, run_until_signalled
 from simulators.patrol_car.faults import MALFORMED_KINDS, CarFaults
 from simulators.patrol_car.fleet import CarFleet
 
@@ -78,12 +76,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     return p
 
 
-async def _run(args: argparse.Namespace) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+async def _run(args: argparse.Namespace, stop: asyncio.Event) -> None:
     faults = CarFaults(disconnect_prob=args.disconnect_prob, disconnect_for_s=args.disconnect_for_s,
                        burst_on_reconnect=args.burst_on_reconnect, burst_batch=args.burst_batch,
                        clock_skew_s=args.clock_skew_s, clock_skew_spread_s=args.clock_skew_spread_s,
@@ -104,6 +97,7 @@ async def _run(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m simulators.patrol_car") -> None:
-    args = build_parser(prog).parse_args(argv)
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    asyncio.run(_run(args))
+    run_until_signalled(parser, args.broker, lambda stop: _run(args, stop))

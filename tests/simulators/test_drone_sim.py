@@ -772,7 +772,25 @@ def test_sim_drones_command_refuses_bad_options_with_the_reason() -> None:
     for bad, reason in ((["--count", "200", "--first-sysid", "100"], "must be at most 250"),
                         (["--time-factor", "5000"], "--time-factor: 5000 is outside [0.1, 100]"),
                         (["--loss-pct", "500"], "--loss-pct: 500 is outside [0, 100]"),
-                        (["--latency-ms", "-5"], "--latency-ms: -5 is outside [0, 10000]")):
+                        (["--latency-ms", "-5"], "--latency-ms: -5 is outside [0, 10000]"),
+                        (["--link-drop", "5"], "--link-drop: expected 2 numbers separated by commas"),
+                        (["--home", "abc"], "--home: expected numbers separated by commas"),
+                        (["--signing-key-hex", "zz"], "expected 64 hex digits")):
         done = subprocess.run([sys.executable, "-m", "gateway.cli", "sim", "drones", *bad], capture_output=True,
                               text=True, timeout=60)
         assert done.returncode == 2 and reason in done.stderr, done.stderr
+
+
+def test_sim_drones_fault_flags_become_the_fault_timeline() -> None:
+    from simulators.drone.cli import build_parser
+    from simulators.drone.fault_cli import faults_from_args
+    from simulators.drone.faults import GpsGlitch, LinkDrop, LowBattery
+
+    args = build_parser("test").parse_args(["--loss-pct", "5", "--link-drop", "60,15", "--gps-glitch", "120",
+                                            "--low-battery", "300,12", "--home", "31.2,121.5"])
+    faults = faults_from_args(args)
+    assert faults is not None and faults.packet_loss_pct == 5.0
+    assert faults.timeline() == [(60.0, LinkDrop(60.0, 15.0)), (120.0, GpsGlitch(120.0)),
+                                 (300.0, LowBattery(300.0, 12.0))]
+    assert args.home == [31.2, 121.5]
+    assert faults_from_args(build_parser("test").parse_args([])) is None

@@ -9,6 +9,7 @@ import asyncio
 import math
 import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -698,6 +699,12 @@ def test_sim_cars_command_refuses_bad_options_with_the_reason() -> None:
         done = subprocess.run([sys.executable, "-m", "gateway.cli", "sim", "cars", *bad], capture_output=True,
                               text=True, timeout=60)
         assert done.returncode == 2 and reason in done.stderr, done.stderr
+    with socket.socket() as unused:  # a port nobody listens on
+        unused.bind(("127.0.0.1", 0))
+        nowhere = f"mqtt://127.0.0.1:{unused.getsockname()[1]}"
+    done = subprocess.run([sys.executable, "-m", "gateway.cli", "sim", "cars", "--count", "1", "--broker", nowhere],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and f"cannot reach {nowhere}" in done.stderr and "Traceback" not in done.stderr
     shown = subprocess.run([sys.executable, "-m", "gateway.cli", "sim", "cars", "--help"], capture_output=True,
                            text=True, timeout=60)
     assert shown.returncode == 0
