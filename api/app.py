@@ -67,7 +67,8 @@ def create_app(gateway: Gateway) -> FastAPI:
         path = SCHEMA_DIR / name
         if path.parent != SCHEMA_DIR or path.suffix != ".json" or not path.is_file():
             raise HTTPException(404, f"no MQTT schema {name!r}; GET /api/v1/schema/mqtt lists them")
-        orjson.loads(path.read_bytes())  # a broken file is a server error, not a document
-        return Response(path.read_bytes(), media_type="application/schema+json")
+        document = path.read_bytes()
+        orjson.loads(document)  # a broken file is a server error, not a document
+        return Response(document, media_type="application/schema+json")
 
     return app

@@ -42,7 +42,7 @@ __all__ = ["BrokerUrl", "MqttClient", "MqttConnectError"]
 
 log = logging.getLogger(__name__)
 
-_UNSUPPORTED_PROTOCOL = 132  # MQTT 5 CONNACK reason; a 3.1.1 broker answers return code 1 instead
+_UNSUPPORTED_PROTOCOL = 132  # MQTT 5 CONNACK reason (a 3.1.1 broker's return code 1 arrives as 132)
 #: Longest stretch of reading before the event loop gets a turn (seconds).
 _READ_TURN_S = 0.005
 #: Longest wait for the broker to close after our DISCONNECT (seconds).
@@ -202,7 +202,8 @@ class MqttClient:
             self._drop_socket()
             error = MqttConnectError(f"broker {self.url.host}:{self.url.port} refused the connection: "
                                      f"{mqtt.connack_string(code) if self.version == 4 else code}")
-            error.unsupported = code in (_UNSUPPORTED_PROTOCOL, 1)  # type: ignore[attr-defined]
+            # paho reports a 3.1.1 broker's refusal of an MQTT 5 CONNECT (return code 1) as 132 too.
+            error.unsupported = code == _UNSUPPORTED_PROTOCOL  # type: ignore[attr-defined]
             raise error
 
     async def stop(self) -> None:

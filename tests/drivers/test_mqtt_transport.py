@@ -237,9 +237,20 @@ async def test_tls_backlog_read_ahead_and_a_certificate_from_another_ca(tls_file
         pub.disconnect()
 
 
-async def test_reconnect_waits_longer_after_each_failure_and_resumes_when_the_broker_is_back() -> None:
-    """Broker gone: the attempts are spaced by a doubling, jittered backoff (never a tight loop); broker back:
-    the client reconnects by itself."""
+async def test_reconnect_waits_longer_after_each_failure_and_resumes_when_the_broker_is_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Broker gone: the attempts are spaced by a doubling backoff, jittered by +-50 % and capped (never a tight
+    loop); broker back: the client reconnects by itself. The jitter draws are pinned to the ends of their range
+    so that each wait is exact."""
+    draws: list[tuple[float, float]] = []
+
+    class EndsOfTheRange:
+        def uniform(self, low: float, high: float) -> float:
+            draws.append((low, high))
+            return low if len(draws) % 2 else high
+
+    monkeypatch.setattr(client_module, "random", EndsOfTheRange())
+    monkeypatch.setattr(client_module, "RECONNECT_BACKOFF_MAX_S", 4 * client_module.RECONNECT_BACKOFF_INITIAL_S)
     failures: list[float] = []
 
     class Failures(logging.Handler):
@@ -259,9 +270,12 @@ async def test_reconnect_waits_longer_after_each_failure_and_resumes_when_the_br
                 broker.stop_server()
                 await until(lambda: len(failures) >= 5, timeout=30, what="five failed reconnects")
                 gaps = [b - a for a, b in itertools.pairwise(failures[:5])]
-                for i, gap in enumerate(gaps):
-                    wait = client_module.RECONNECT_BACKOFF_INITIAL_S * 2 ** (i + 1)
-                    assert 0.5 * wait - 0.02 <= gap <= 1.5 * wait + 0.25, (i, gaps)
+                step = client_module.RECONNECT_BACKOFF_INITIAL_S
+                # Waits before attempts 2-5: 2, 4, 4 (the cap), 4 steps, times 1.5, 0.5, 1.5, 0.5.
+                expected = [2 * step * 1.5, 4 * step * 0.5, 4 * step * 1.5, 4 * step * 0.5]
+                for gap, wait in zip(gaps, expected, strict=True):
+                    assert wait - 0.02 <= gap <= wait + 0.25, (gaps, expected)
+                assert set(draws) == {(0.5, 1.5)}
                 broker.start_server()
                 await until(lambda: client.connected.is_set(), timeout=30, what="reconnected")
             finally:

@@ -477,8 +477,16 @@ class _Mqtt311OnlyProxy:
         await asyncio.gather(*self._pipes, return_exceptions=True)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        header = await reader.readexactly(2)  # CONNECT type byte, then the remaining length (one byte here)
-        body = await reader.readexactly(header[1])
+        header = await reader.readexactly(1)  # CONNECT, then the remaining length: 7 bits a byte, low first
+        length, shift = 0, 0
+        while True:
+            byte = (await reader.readexactly(1))[0]
+            header += bytes([byte])
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        body = await reader.readexactly(length)
         level = body[6]  # after the protocol name: 0x00 0x04 'MQTT'
         self.levels.append(level)
         if level == 5:
