@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from simulators.cli_support import bounded, run_until_signalled
 from simulators.patrol_car.faults import MALFORMED_KINDS, CarFaults
-from simulators.patrol_car.fleet import CarFleet
+from simulators.patrol_car.fleet import run_car_fleet
 
 __all__ = ["build_parser", "main"]
 
@@ -82,18 +82,11 @@ async def _run(args: argparse.Namespace, stop: asyncio.Event) -> None:
                        clock_skew_s=args.clock_skew_s, clock_skew_spread_s=args.clock_skew_spread_s,
                        duplicate_prob=args.duplicate_prob, malformed_prob=args.malformed_prob,
                        malformed_kinds=args.malformed_kinds)
-    fleet = CarFleet(args.count, args.broker, prefix=args.prefix, first_index=args.first_index,
-                     rate_hz=args.rate_hz, batch=args.batch, time_factor=args.time_factor, username=args.username,
-                     password=args.password, faults=faults, seed=args.seed, qos=args.qos,
-                     event_prob=args.event_prob, shared_connection=args.shared > 0,
-                     connections=max(1, args.shared))
-    async with fleet:
-        task = asyncio.create_task(fleet.run(stop))
-        while not task.done():
-            await asyncio.wait({task}, timeout=STATS_EVERY_S)
-            logging.info("%s", fleet.stats)
-        await task
-    logging.info("stopped: %s", fleet.stats)
+    await run_car_fleet(args.count, args.broker, prefix=args.prefix, first_index=args.first_index,
+                        rate_hz=args.rate_hz, batch=args.batch, time_factor=args.time_factor,
+                        username=args.username, password=args.password, faults=faults, stop=stop, seed=args.seed,
+                        qos=args.qos, event_prob=args.event_prob, shared_connection=args.shared > 0,
+                        connections=max(1, args.shared), stats_every_s=STATS_EVERY_S)
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m simulators.patrol_car") -> None:

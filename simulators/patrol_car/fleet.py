@@ -295,18 +295,31 @@ async def run_car_fleet(
     shared_connection: bool = False,
     connections: int = 4,
     clock: str = "wall",
+    stats_every_s: float | None = None,
 ) -> FleetStats:
     """Run ``count`` simulated patrol cars against ``broker`` until ``stop`` is set; returns what was sent.
 
     See `CarFleet` for the parameters beyond the contract (shared connections, the vehicle clock).
+    ``stats_every_s``: log the fleet's counters that often, and once more at the end.
     """
     fleet = CarFleet(
         count, broker, prefix=prefix, first_index=first_index, rate_hz=rate_hz, batch=batch,
         time_factor=time_factor, username=username, password=password, faults=faults, seed=seed, qos=qos,
         event_prob=event_prob, shared_connection=shared_connection, connections=connections, clock=clock,
     )
+    reporter = asyncio.create_task(_log_stats(fleet, stats_every_s)) if stats_every_s else None
     try:
         await fleet.run(stop)
     finally:
+        if reporter is not None:
+            reporter.cancel()
         await fleet.close()
+    if reporter is not None:
+        log.info("stopped: %s", fleet.stats)
     return fleet.stats
+
+
+async def _log_stats(fleet: CarFleet, every_s: float) -> None:
+    while True:
+        await asyncio.sleep(every_s)
+        log.info("%s", fleet.stats)
