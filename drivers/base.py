@@ -48,6 +48,10 @@ class Driver(abc.ABC):
     async def stop(self) -> None:
         """Close the links; emit nothing after returning."""
 
+    async def flush(self) -> None:  # noqa: B027 - optional: most drivers hand on as they go
+        """Hand on at once whatever the driver holds for its next hand-over (for an orderly flush of the
+        whole gateway); drivers that hand on as they go need nothing here."""
+
     def stats(self) -> dict[str, Any]:
         """Counters for the status API and logs."""
         return {}

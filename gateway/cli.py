@@ -215,15 +215,19 @@ def bench_mavlink(ctx: click.Context, frames: int, drones: int, runs: int, as_js
               help="Samples per message (50 for the batched-payload target).")
 @click.option("--gateways", default=1, show_default=True, type=click.IntRange(1, 16),
               help="Gateway processes sharing one subscription ($share/bench/...), like several instances.")
+@click.option("--ingest-workers", default=None, type=click.IntRange(0, 64),
+              help="Ingest worker processes per gateway ([mqtt] ingest_workers) [default: the configured "
+                   "number].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
 def bench_mqtt(ctx: click.Context, cars: int, messages: int | None, batch: int, gateways: int,
-               as_json: bool) -> None:
+               ingest_workers: int | None, as_json: bool) -> None:
     """End-to-end MQTT samples/s and messages/s vs a bare paho subscriber's receive rate."""
     from gateway.bench.mqtt import run_mqtt_bench
 
     settings = _settings(ctx)
-    _print(run_mqtt_bench(cars=cars, messages=messages, batch=batch, gateways=gateways,
+    workers = settings.mqtt.ingest_workers if ingest_workers is None else ingest_workers
+    _print(run_mqtt_bench(cars=cars, messages=messages, batch=batch, gateways=gateways, ingest_workers=workers,
                           dsn=settings.database.dsn), as_json)
 
 

@@ -189,6 +189,9 @@ class MqttConfig(_Section):
     #: A vehicle with no telemetry for this long is reported offline.
     silence_timeout: Duration = timedelta(seconds=30)
     command_timeout: Duration = timedelta(seconds=10)
+    #: Worker processes that decode, validate and store telemetry (each vehicle always in the same one);
+    #: 0 = all in the gateway process. More than one core's worth of MQTT ingest needs them (docs/mqtt.md).
+    ingest_workers: int = Field(0, ge=0, le=64)
 
 
 class ApiConfig(_Section):

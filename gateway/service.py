@@ -17,6 +17,7 @@ from drivers.base import Driver
 from gateway.config import GatewaySettings, MavlinkConfig, MqttConfig
 from gateway.embedded import EmbeddedMosquitto, EmbeddedPostgres, ServiceError
 from gateway.fleet import Fleet
+from gateway.ingest_pool import IngestPool, adopt_orphan_spools
 from gateway.live import LiveState
 from gateway.pipeline import Pipeline
 from gateway.runtime import tune_gc_for_ingest
@@ -71,7 +72,7 @@ def mavlink_driver(cfg: MavlinkConfig) -> Driver:
     ))
 
 
-def mqtt_driver(cfg: MqttConfig) -> Driver:
+def mqtt_driver(cfg: MqttConfig, offload: IngestPool | None = None) -> Driver:
     from drivers.mqtt import MqttDriver, MqttOptions
 
     assert cfg.broker is not None
@@ -83,7 +84,7 @@ def mqtt_driver(cfg: MqttConfig) -> Driver:
         max_inflight=cfg.max_inflight, open_registration=cfg.open_registration,
         allowed_vehicles=set(cfg.allowed_vehicles), silence_timeout_s=cfg.silence_timeout.total_seconds(),
         command_timeout_s=cfg.command_timeout.total_seconds(),
-    ))
+    ), offload=offload)
 
 
 class Gateway:
@@ -98,6 +99,8 @@ class Gateway:
         self.drivers: list[Driver] = []
         self.writer: TelemetryWriter | None = None
         self.pipeline: Pipeline | None = None
+        #: The MQTT ingest worker processes (``[mqtt] ingest_workers``), None when telemetry is decoded here.
+        self.ingest: IngestPool | None = None
         self.api_port: int | None = None
         #: The MQTT broker the gateway uses (configured or embedded), None when MQTT is off.
         self.mqtt_broker_url: str | None = None
@@ -114,10 +117,18 @@ class Gateway:
             log.warning("no database configured: starting a throwaway embedded PostgreSQL (data is not kept)")
             self._pg = await asyncio.to_thread(EmbeddedPostgres().start)
             self.dsn = self._pg.dsn
+        mqtt = self.settings.mqtt
+        if mqtt.ingest_workers and (mqtt.broker is not None or self.embedded_broker):
+            self.ingest = IngestPool(mqtt.ingest_workers, self.dsn, writer_settings(self.settings),
+                                     validation_limits(self.settings), on_latest=self.live.update)
+            await self.ingest.launch()  # their start overlaps the rest of ours
         st = storage_settings(self.settings)
         applied = await asyncio.to_thread(storage.upgrade, self.dsn, st, then_maintain=False)  # housekeeping does
         if applied:
             log.info("database migrated to schema %s", applied[-1])
+        if self.settings.writer.spool_dir is not None:  # before any spool is opened: see adopt_orphan_spools
+            workers = self.settings.mqtt.ingest_workers
+            await asyncio.to_thread(adopt_orphan_spools, self.settings.writer.spool_dir, workers)
         self.writer = TelemetryWriter(self.dsn, writer_settings(self.settings))
         await self.writer.start()
         validator = Validator(validation_limits(self.settings))
@@ -146,7 +157,12 @@ class Gateway:
             self.drivers.append(mavlink_driver(self.settings.mavlink))
         if mqtt.broker is not None:
             self.mqtt_broker_url = mqtt.broker
-            self.drivers.append(mqtt_driver(mqtt))
+            if self.ingest is not None:
+                await self.ingest.start()
+            self.drivers.append(mqtt_driver(mqtt, self.ingest))
+        elif self.ingest is not None:  # MQTT is off after all (no embedded broker could start)
+            await self.ingest.stop()
+            self.ingest = None
         for driver in self.drivers:
             await driver.start(self.pipeline)
             self.fleet.add(driver)
@@ -196,6 +212,8 @@ class Gateway:
             except Exception:
                 log.exception("stopping driver %s failed", driver.name)
         self.drivers.clear()
+        if self.ingest is not None:  # after the MQTT driver: it has handed over its last messages
+            await self.ingest.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -250,7 +268,30 @@ class Gateway:
             "pipeline": self.pipeline.stats() if self.pipeline else None,
             "drivers": {d.name: d.stats() for d in self.drivers},
             "vehicles_live": len(self.live.latest),
+            **({"ingest_workers": self.ingest.stats()} if self.ingest else {}),
         }
+
+    async def flush(self) -> None:
+        """Wait until everything received so far is durable, the ingest workers' part included. The workers'
+        reports (vehicles first seen) become driver hand-overs in turn: hence the order."""
+        if self.ingest is not None:
+            await self.ingest.settle()
+        for driver in self.drivers:
+            await driver.flush()
+        if self.ingest is not None:
+            await self.ingest.settle()
+        if self.writer is not None:
+            await self.writer.flush()
+
+    def samples_counts(self) -> tuple[int, int]:
+        """(samples committed, samples received) by the pipeline and the ingest workers together."""
+        written = self.writer.stats.written if self.writer else 0
+        received = self.pipeline.received if self.pipeline else 0
+        if self.ingest is not None:
+            stats = self.ingest.stats()
+            written += stats["written"]
+            received += stats["samples"]
+        return written, received
 
 
 def _redact(dsn: str | None) -> str:

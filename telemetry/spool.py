@@ -162,6 +162,31 @@ class Spool:
             os.close(fd)
         self._pending += 1
 
+    def adopt(self, directory: Path | str) -> int:
+        """Take over the segments of another spool folder, behind this spool's own, and remove that folder;
+        returns how many records came with them. For a folder whose owner will not come back (an ingest worker
+        the configuration no longer has): its batches are replayed by this spool's owner instead of stranded.
+        Fails with ``SpoolInUseError`` while the folder's owner still runs."""
+        with Spool(directory, max_bytes=self.max_bytes, segment_bytes=self.segment_bytes) as other:
+            records = other.pending
+            for seq in other._segments:
+                new_seq = (self._segments[-1] + 1) if self._segments else 1
+                os.replace(other._path(seq), self._path(new_seq))
+                self._segments.append(new_seq)
+                if self._read_seg is None:
+                    self._read_seg, self._read_off = new_seq, 0
+            other._segments.clear()
+            self._pending += records
+        fd = os.open(self.directory, os.O_RDONLY)  # the renames are durable before the records count as ours
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            (Path(directory) / "spool.lock").unlink()
+            Path(directory).rmdir()
+        return records
+
     def _read_at(self, seq: int, offset: int) -> SpoolRecord | None:
         path = self._path(seq)
         try:

@@ -6,6 +6,10 @@ messages' PUBACKs sent. So a message the broker delivered is either stored or re
 lost; a payload that breaks the contract is stored in ``rejected`` (with topic and raw bytes) and then acked.
 Redelivered duplicates are caught by the pipeline's duplicate check (same vehicle, same ``ts``).
 
+With a ``TelemetryOffload`` (the gateway's ingest worker processes) telemetry payloads are handed over undecoded:
+decoding, validation and storage of telemetry run there, in parallel; the driver keeps the rest (status,
+events, command acks, online/offline) and still sends every PUBACK, once both sides report the rows durable.
+
 Online/offline: the retained ``status`` topic (the car's last will says ``offline``) and telemetry silence.
 Commands: published at QoS 1 on ``.../cmd``, answered on ``.../cmd/ack`` by id, with a timeout.
 """
@@ -17,8 +21,10 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
-from typing import Any
+from datetime import datetime
+from typing import Any, Protocol
 
 from drivers.base import Driver, Emit, cancel_tasks
 from drivers.commands import (
@@ -45,9 +51,40 @@ from drivers.mqtt.contract import (
 from drivers.mqtt.transport import InboundMessage
 from telemetry.model import Event, EventType, Rejection, Sample, VehicleInfo, VehicleKind, utcnow
 
-__all__ = ["MqttDriver", "MqttOptions"]
+__all__ = ["MqttDriver", "MqttOptions", "TelemetryOffload"]
 
 log = logging.getLogger(__name__)
+
+#: Undecoded telemetry waiting for the offload's next hand-over at most, in payload bytes; past it the driver
+#: stops reading until the hand-over (the counterpart of ``max_pending_samples``).
+MAX_PENDING_OFFLOAD_BYTES = 8 << 20
+
+
+class TelemetryOffload(Protocol):
+    """Takes the driver's telemetry payloads undecoded and decodes, validates and stores them elsewhere (the
+    gateway's ingest worker processes), so that one interpreter lock does not bound ingest.
+
+    ``on_seen`` is set by the driver: the offload calls it with ``(vehicle, kind)`` the first time a vehicle's
+    telemetry is accepted, which registers the vehicle and reports it online as in-process decoding does.
+    """
+
+    on_seen: Callable[[Iterable[tuple[str, VehicleKind]]], None] | None
+
+    @property
+    def pending_bytes(self) -> int:
+        """Payload bytes submitted since the last ``flush``."""
+        ...
+
+    def submit(self, vehicle: str, topic: str, payload: bytes, received: datetime) -> None:
+        """Queue one telemetry payload for the next ``flush``."""
+        ...
+
+    async def flush(self, ack: Callable[[], None]) -> None:
+        """Hand over what was submitted; ``ack()`` runs once all of it is durable (stored or rejected).
+        Awaiting it may block: that is backpressure."""
+        ...
+
+    def stats(self) -> dict[str, Any]: ...
 
 
 @dataclass(slots=True)
@@ -91,8 +128,11 @@ class _Vehicle:
 class MqttDriver(Driver):
     name = "mqtt"
 
-    def __init__(self, options: MqttOptions | None = None) -> None:
+    def __init__(self, options: MqttOptions | None = None, offload: TelemetryOffload | None = None) -> None:
         self.options = options or MqttOptions()
+        self._offload = offload
+        if offload is not None:
+            offload.on_seen = self._seen
         self._emit: Emit | None = None
         self._client: MqttClient | None = None
         self._vehicles: dict[str, _Vehicle] = {}
@@ -186,7 +226,8 @@ class MqttDriver(Driver):
         pending = len(self._samples)
         if len(self._to_ack) >= 200 or pending >= 2000:
             self._wake.set()
-        if pending >= self.options.max_pending_samples and self._client is not None:
+        if (pending >= self.options.max_pending_samples or (self._offload is not None
+                and self._offload.pending_bytes >= MAX_PENDING_OFFLOAD_BYTES)) and self._client is not None:
             self._client.hold(True)  # released by the next hand-over
             self._wake.set()
 
@@ -217,18 +258,37 @@ class MqttDriver(Driver):
         if not self._allowed(vehicle):
             raise ContractError("vehicle_not_allowed", f"{vehicle} is not in mqtt.allowed_vehicles")
         now = utcnow()
+        if self._offload is not None:
+            self._offload.submit(vehicle, topic, payload, now)
+            # A vehicle heard before is live again at once; a new one once the offload has accepted its telemetry
+            # (``_seen``): only then is its kind known, and a vehicle sending only garbage is never registered.
+            if vehicle in self._vehicles:
+                self._heard(vehicle, None, now)
+            return
         samples, errors = decode_telemetry(payload, vehicle, now, f"mqtt:{topic}")
         for error in errors:
             self._reject(error, topic, payload, vehicle)
         if not samples:
             return
-        state = self._known(vehicle, samples[0].kind)
+        self._heard(vehicle, samples[0].kind, now)
+        self._samples += samples
+        self.counters["samples"] += len(samples)
+
+    def _heard(self, vehicle: str, kind: VehicleKind | None, now: datetime) -> None:
+        """Telemetry came from ``vehicle``: it is registered, not silent, and online (an event when it was not)."""
+        state = self._known(vehicle, kind)
         state.last_telemetry = time.monotonic()
         if not state.online:
             state.online = True
-            self._events.append(Event(now, vehicle, EventType.ONLINE, {"reason": "telemetry"}, kind=state.kind))
-        self._samples += samples
-        self.counters["samples"] += len(samples)
+            self._events.append(Event(now, vehicle, EventType.ONLINE, {"reason": "telemetry"},
+                                      kind=self._kind_of(vehicle)))
+
+    def _seen(self, seen: Iterable[tuple[str, VehicleKind]]) -> None:
+        """The offload's report of vehicles whose telemetry it accepted for the first time, with their kinds."""
+        now = utcnow()
+        for vehicle, kind in seen:
+            self._heard(vehicle, kind, now)
+        self._wake.set()
 
     def _status(self, vehicle: str, payload: bytes, retained: bool) -> None:
         online = decode_status(payload)
@@ -267,8 +327,9 @@ class MqttDriver(Driver):
     # -- flushing and acknowledgements -------------------------------------------------------------------
 
     async def _flush(self) -> None:
+        offload = self._offload
         if self._emit is None or not (self._samples or self._events or self._rejections or self._to_ack
-                                      or self._new_vehicles):
+                                      or self._new_vehicles or (offload is not None and offload.pending_bytes)):
             return
         samples, self._samples = self._samples, []
         events, self._events = self._events, []
@@ -279,7 +340,15 @@ class MqttDriver(Driver):
         if client is not None:
             client.hold(False)  # read on while this hand-over is validated and queued
 
+        # The messages of this hand-over are acknowledged once the pipeline's rows and, with an offload, the
+        # offloaded telemetry are durable: whichever reports last sends the PUBACKs.
+        parts = 1 if offload is None else 2
+
         def ack() -> None:
+            nonlocal parts
+            parts -= 1
+            if parts:
+                return
             self._acks_outstanding -= 1
             self._acks_done.set()
             if client is not None:
@@ -287,10 +356,15 @@ class MqttDriver(Driver):
 
         self._acks_outstanding += 1
         try:
+            if offload is not None:
+                await offload.flush(ack)
             await self._emit(samples, events=events, rejections=rejections, vehicles=vehicles, ack=ack)
         except BaseException:  # not queued: its ack will never come
             self._acks_outstanding -= 1
             raise
+
+    async def flush(self) -> None:
+        await self._flush()
 
     async def _flush_loop(self) -> None:
         while not self._stopping:
@@ -358,8 +432,18 @@ class MqttDriver(Driver):
 
     def stats(self) -> dict[str, Any]:
         client = self._client.stats if self._client else {}
-        return {**self.counters, "rejected_by_reason": dict(self.rejected_by_reason), "client": dict(client),
-                "vehicles": len(self._vehicles), "online": sum(v.online for v in self._vehicles.values())}
+        counters = dict(self.counters)
+        rejected_by_reason = dict(self.rejected_by_reason)
+        offloaded: dict[str, Any] = {}
+        if self._offload is not None:  # decoded there: its samples and contract rejections count here too
+            offloaded = self._offload.stats()
+            counters["samples"] += offloaded.get("samples", 0)
+            for reason, n in offloaded.get("contract_rejected_by_reason", {}).items():
+                counters["rejected"] += n
+                rejected_by_reason[reason] = rejected_by_reason.get(reason, 0) + n
+        return {**counters, "rejected_by_reason": rejected_by_reason, "client": dict(client),
+                "vehicles": len(self._vehicles), "online": sum(v.online for v in self._vehicles.values()),
+                **({"offload": offloaded} if offloaded else {})}
 
 
 def _contract_command(command: Command) -> tuple[str, dict[str, Any]]:

@@ -56,6 +56,15 @@ def test_bench_mqtt_with_two_gateway_processes_on_one_shared_subscription(db: st
     assert r["e2e_samples_per_s"] and r["writer_batches"]
 
 
+@pytest.mark.mqtt
+def test_bench_mqtt_with_ingest_worker_processes(db: str) -> None:
+    r = _bench("mqtt", "--cars", "50", "--messages", "1500", "--batch", "3", "--ingest-workers", "2", dsn=db)
+    assert r["ingest_workers"] == 2 and r["lost"] == 0 and r["samples_committed"] == 4500
+    assert r["rejected"] == {} and r["validation_rejected"] == {}
+    assert r["start_s"] > 0 and r["elapsed_s"] > 0  # type: ignore[operator]
+    assert r["writer_batches"] >= 2  # type: ignore[operator]  # one writer per worker, at least a batch each
+
+
 def test_sustained_rate_is_the_commit_rate_between_10_and_90_percent() -> None:
     from gateway.bench.mqtt import _sustained_rate
 

@@ -72,12 +72,23 @@ def settings_for(db: str, broker: EmbeddedMosquitto, tmp_path: Path, **mqtt_cfg:
     )
 
 
+#: Parametrizes a test over telemetry decoded in the gateway process and in two ingest worker processes.
+BOTH_INGEST_MODES = pytest.mark.parametrize("ingest_workers", [0, 2], ids=["in-process", "2-workers"])
+
+
 @pytest.fixture
-async def gateway(db: str, mqtt_broker: EmbeddedMosquitto, tmp_path: Path,
+def ingest_workers() -> int:
+    return 0
+
+
+@pytest.fixture
+async def gateway(db: str, mqtt_broker: EmbeddedMosquitto, tmp_path: Path, ingest_workers: int,
                   request: pytest.FixtureRequest) -> AsyncIterator[Gateway]:
     client_id = "gw-" + request.node.name[-40:].replace("[", "").replace("]", "")
-    gw = Gateway(settings_for(db, mqtt_broker, tmp_path, client_id=client_id, prefix=f"t/{client_id}"))
+    gw = Gateway(settings_for(db, mqtt_broker, tmp_path, client_id=client_id, prefix=f"t/{client_id}",
+                              ingest_workers=ingest_workers))
     await gw.start()
+    assert (gw.ingest is not None) == bool(ingest_workers)
     yield gw
     await gw.stop()
 
@@ -86,6 +97,7 @@ def _prefix(gw: Gateway) -> str:
     return gw.settings.mqtt.prefix
 
 
+@BOTH_INGEST_MODES
 async def test_telemetry_end_to_end_with_correct_values(gateway: Gateway, mqtt_broker: EmbeddedMosquitto,
                                                         db: str) -> None:
     pub = publisher(mqtt_broker)
@@ -95,7 +107,8 @@ async def test_telemetry_end_to_end_with_correct_values(gateway: Gateway, mqtt_b
                     siren=False)
     pub.publish(f"{_prefix(gateway)}/car-03/telemetry", orjson.dumps(doc), qos=1).wait_for_publish(5)
     await until(lambda: "car-03" in gateway.live.latest, what="sample in live state")
-    await gateway.writer.flush()  # type: ignore[union-attr]
+    assert gateway.live.latest["car-03"].odometer_m == 12345.5
+    await gateway.flush()
     rows = query(db, "SELECT t.time, lat, lon, alt_msl_m, ground_speed_mps, heading_deg, battery_pct, battery_v, "
                      "mode, gps_fix, satellites, odometer_m, rssi_dbm, seq, extra, v.id, v.kind, v.protocol, "
                      "v.mqtt_client_id FROM telemetry t JOIN vehicles v ON v.key = t.vehicle_key")
@@ -108,24 +121,29 @@ async def test_telemetry_end_to_end_with_correct_values(gateway: Gateway, mqtt_b
     pub.disconnect()
 
 
+@BOTH_INGEST_MODES
 async def test_batched_payloads(gateway: Gateway, mqtt_broker: EmbeddedMosquitto, db: str) -> None:
     pub = publisher(mqtt_broker)
     base = now_ms(-60)
     for msg in range(4):
         batch = [telemetry(base + (msg * 50 + i) * 100, lat=31.2304 + (msg * 50 + i) * 1e-6) for i in range(50)]
         pub.publish(f"{_prefix(gateway)}/car-07/telemetry", orjson.dumps(batch), qos=1).wait_for_publish(5)
-    await until(lambda: gateway.pipeline is not None and gateway.pipeline.validator.accepted >= 200,
-                what="200 samples")
-    await gateway.writer.flush()  # type: ignore[union-attr]
+    await until(lambda: gateway.samples_counts()[1] >= 200, what="200 samples")
+    await gateway.flush()
+    assert gateway.samples_counts() == (200, 200)
     assert query(db, "SELECT count(*), count(DISTINCT time) FROM telemetry") == [(200, 200)]
+    [(newest,)] = query(db, "SELECT time FROM vehicle_latest")
+    assert newest == datetime.fromtimestamp((base + 199 * 100) / 1000, UTC)
+    assert gateway.live.latest["car-07"].vehicle_time == newest
     pub.loop_stop()
     pub.disconnect()
 
 
+@BOTH_INGEST_MODES
 async def test_bad_payloads_are_counted_and_kept_with_reasons(db: str, mqtt_broker: EmbeddedMosquitto,
-                                                             tmp_path: Path) -> None:
-    gw = Gateway(settings_for(db, mqtt_broker, tmp_path, client_id="gw-bad", prefix="t/bad",
-                              open_registration=False, allowed_vehicles=["car-01"]))
+                                                             tmp_path: Path, ingest_workers: int) -> None:
+    gw = Gateway(settings_for(db, mqtt_broker, tmp_path, client_id=f"gw-bad-{ingest_workers}", prefix="t/bad",
+                              open_registration=False, allowed_vehicles=["car-01"], ingest_workers=ingest_workers))
     await gw.start()
     try:
         pub = publisher(mqtt_broker)
@@ -164,10 +182,15 @@ async def test_bad_payloads_are_counted_and_kept_with_reasons(db: str, mqtt_brok
         assert by_reason["vehicle_not_allowed"][0][1] == "car-99"
         [(extra,)] = query(db, "SELECT extra FROM telemetry")
         assert extra == {"tyre_counter": pytest.approx(1e29)}  # a key the contract does not name, as orjson reads it
+        await gw.flush()
         stats = gw.status()
         assert stats["drivers"]["mqtt"]["rejected_by_reason"]["bad_json"] == 2
+        assert stats["drivers"]["mqtt"]["rejected_by_reason"]["vehicle_not_allowed"] == 1
         assert gw.writer is not None and gw.writer.stats.db_up  # the writer lives on
-        assert stats["pipeline"]["rejected_by_reason"]["invalid_coordinates"] == 1
+        validation = stats["ingest_workers"] if ingest_workers else stats["pipeline"]
+        assert validation["validation_rejected_by_reason" if ingest_workers else "rejected_by_reason"] == {
+            "invalid_coordinates": 1, "impossible_speed": 1, "future_timestamp": 1}
+        assert query(db, "SELECT id FROM vehicles") == [("car-01",)]  # refused and bad telemetry register nothing
         pub.loop_stop()
         pub.disconnect()
     finally:
@@ -237,11 +260,14 @@ async def test_two_gateways_share_the_load_without_duplicates_or_loss(db: str, m
             await gw.stop()
 
 
+@BOTH_INGEST_MODES
 async def test_a_graceful_stop_acknowledges_everything_so_nothing_comes_back(db: str, mqtt_broker: EmbeddedMosquitto,
-                                                                           tmp_path: Path) -> None:
+                                                                           tmp_path: Path, ingest_workers: int) -> None:
     """Stopped mid-stream with SIGTERM-like stop(): the last messages are committed and PUBACKed before the
     disconnect, so the next start gets no redeliveries (which would land in `rejected` as duplicates)."""
-    settings = settings_for(db, mqtt_broker, tmp_path, client_id="gw-graceful", prefix="t/graceful")
+    settings = settings_for(db, mqtt_broker, tmp_path, client_id=f"gw-graceful-{ingest_workers}",
+                            prefix="t/graceful",
+                            ingest_workers=ingest_workers)
     gw = Gateway(settings)
     await gw.start()
     pub = publisher(mqtt_broker)
@@ -249,7 +275,7 @@ async def test_a_graceful_stop_acknowledges_everything_so_nothing_comes_back(db:
     n = 3000
     for i in range(n):
         pub.publish(f"t/graceful/car-{i % 10:02d}/telemetry", orjson.dumps(telemetry(base + i * 10)), qos=1)
-    await until(lambda: gw.pipeline is not None and gw.pipeline.received >= n // 2, what="half the stream")
+    await until(lambda: gw.samples_counts()[1] >= n // 2, what="half the stream")
     await gw.stop()  # mid-stream: what was received is stored and acknowledged, the rest waits in the broker
     stored_at_stop = query(db, "SELECT count(*) FROM telemetry")[0][0]
     gw = Gateway(settings)
@@ -257,8 +283,7 @@ async def test_a_graceful_stop_acknowledges_everything_so_nothing_comes_back(db:
     try:
         await until(lambda: query(db, "SELECT count(*) FROM telemetry")[0][0] >= n, what="the rest of the stream")
         await asyncio.sleep(0.5)
-        assert gw.pipeline is not None
-        assert gw.pipeline.received == n - stored_at_stop  # only what the first instance never received
+        assert gw.samples_counts()[1] == n - stored_at_stop  # only what the first instance never received
         assert query(db, "SELECT count(*) FROM rejected") == [(0,)]
         assert query(db, "SELECT count(*), count(DISTINCT (vehicle_key, time)) FROM telemetry") == [(n, n)]
     finally:
@@ -308,15 +333,19 @@ asyncio.run(Gateway(load_settings()).run_until_signalled())
 """
 
 
+@BOTH_INGEST_MODES
 def test_gateway_killed_and_restarted_loses_nothing_published_at_qos1(db: str, mqtt_broker: EmbeddedMosquitto,
-                                                                      tmp_path: Path) -> None:
-    """SIGKILL mid-stream: the broker keeps the session's QoS 1 messages, unacked ones are redelivered."""
+                                                                      tmp_path: Path, ingest_workers: int) -> None:
+    """SIGKILL mid-stream: the broker keeps the session's QoS 1 messages, unacked ones are redelivered. With
+    ingest workers, those of the killed gateway store what they were handed and end; the new ones wait for
+    them (their spool folders), so the redelivered messages they had stored are recognised as duplicates."""
     env = dict(os.environ)
     env.update({
         "PATROLGATE_DATABASE__DSN": db, "PATROLGATE_MQTT__BROKER": mqtt_broker.url,
-        "PATROLGATE_MQTT__PREFIX": "t/kill", "PATROLGATE_MQTT__CLIENT_ID": "gw-kill",
+        "PATROLGATE_MQTT__PREFIX": "t/kill", "PATROLGATE_MQTT__CLIENT_ID": f"gw-kill-{ingest_workers}",
         "PATROLGATE_MAVLINK__ENDPOINTS": "[]", "PATROLGATE_API__ENABLED": "false",
         "PATROLGATE_WRITER__SPOOL_DIR": str(tmp_path / "spool"), "PATROLGATE_WRITER__FLUSH_INTERVAL": "100ms",
+        "PATROLGATE_MQTT__INGEST_WORKERS": str(ingest_workers),
     })
     runs = 0
 
@@ -409,12 +438,13 @@ async def test_mqtt_311_and_offline_on_telemetry_silence(db: str, mqtt_broker: E
         await gw.stop()
 
 
+@BOTH_INGEST_MODES
 async def test_an_mqtt_drone_its_status_its_sos_and_its_last_will(db: str, mqtt_broker: EmbeddedMosquitto,
-                                                                  tmp_path: Path) -> None:
+                                                                  tmp_path: Path, ingest_workers: int) -> None:
     """A drone on the MQTT contract whose retained ``online`` is all the gateway sees first: it is registered as
     a drone once its telemetry says so; its SOS lands in ``events``; its last will is an ``offline`` from the
     status topic (silence is set far off, so it cannot be the cause)."""
-    pre = "t/drone-mqtt"
+    pre = f"t/drone-mqtt-{ingest_workers}"  # each variant its own topics and session: no retained or queued leftovers
     drone = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="drone-01",
                         protocol=mqtt.MQTTv5)
     drone.will_set(f"{pre}/drone-01/status", b"offline", qos=1, retain=True)
@@ -422,7 +452,8 @@ async def test_an_mqtt_drone_its_status_its_sos_and_its_last_will(db: str, mqtt_
     drone.loop_start()
     drone.publish(f"{pre}/drone-01/status", b"online", qos=1, retain=True).wait_for_publish(5)
     drone.publish(f"{pre}/dock-09/status", b"online", qos=1, retain=True).wait_for_publish(5)  # status only
-    gw = Gateway(settings_for(db, mqtt_broker, tmp_path, client_id="gw-drone", prefix=pre, silence_timeout="60s"))
+    gw = Gateway(settings_for(db, mqtt_broker, tmp_path, client_id=f"gw-drone-{ingest_workers}", prefix=pre,
+                              silence_timeout="60s", ingest_workers=ingest_workers))
     await gw.start()
     try:
         await until(lambda: gw.live.online.get("drone-01") is True, what="online from the retained status")
@@ -437,7 +468,7 @@ async def test_an_mqtt_drone_its_status_its_sos_and_its_last_will(db: str, mqtt_
         drone.loop_stop()
         drone.socket().close()  # no DISCONNECT: the broker publishes the last will
         await until(lambda: gw.live.online.get("drone-01") is False, what="offline from the last will")
-        await gw.writer.flush()  # type: ignore[union-attr]
+        await gw.flush()
         assert query(db, "SELECT id, kind, protocol, mqtt_client_id FROM vehicles ORDER BY id") == [
             ("dock-09", "patrol_car", "mqtt", "dock-09"), ("drone-01", "drone", "mqtt", "drone-01")]
         assert query(db, "SELECT alt_rel_m, climb_mps, yaw_deg, armed, mode, link_quality_pct FROM telemetry") == [
