@@ -36,8 +36,14 @@ def create_app(gateway: Gateway) -> FastAPI:
     @app.get("/api/v1/health")
     async def health() -> dict[str, Any]:
         writer = gateway.writer
-        return {"status": "ok" if writer and writer.stats.db_up else "degraded",
-                "database": bool(writer and writer.stats.db_up)}
+        database = bool(writer and writer.stats.db_up)
+        health: dict[str, Any] = {"status": "ok" if database else "degraded", "database": database}
+        if gateway.ingest is not None:  # a worker being started again holds its vehicles' telemetry back
+            workers = gateway.ingest.stats()
+            health["ingest_workers_alive"] = f"{workers['alive']}/{workers['workers']}"
+            if workers["alive"] < workers["workers"]:
+                health["status"] = "degraded"
+        return health
 
     @app.get("/api/v1/status")
     async def status() -> dict[str, Any]:

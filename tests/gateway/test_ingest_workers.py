@@ -11,12 +11,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import paho.mqtt.client as mqtt
 import pytest
 from helpers import query, until
 from paho.mqtt.enums import CallbackAPIVersion
 
+from api.app import create_app
 from gateway.config import load_settings
 from gateway.embedded import EmbeddedMosquitto
 from gateway.ingest_pool import adopt_orphan_spools, worker_spool_dir
@@ -61,6 +63,10 @@ async def test_a_worker_that_ends_mid_stream_is_replaced_and_nothing_is_lost_or_
         await until(lambda: gw.ingest is not None and gw.ingest.stats()["restarts"] == 1
                     and None not in gw.ingest.worker_pids(), what="the worker started again")
         assert gw.ingest.worker_pids()[0] != victim
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(gw)), base_url="http://gw") as api:
+            health = (await api.get("/api/v1/health")).json()
+            assert health == {"status": "ok", "database": True, "ingest_workers_alive": "2/2"}
+            assert (await api.get("/api/v1/status")).json()["ingest_workers"]["restarts"] == 1
         await until(lambda: query(db, "SELECT count(*) FROM telemetry")[0][0] >= n, timeout=60,
                     what="the whole stream stored")
         await gw.flush()
