@@ -35,7 +35,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from gateway.ingest_worker import WorkerConfig, frame, read_frame, run_worker, write_frame
+from gateway.ingest_worker import RawTelemetry, WorkerConfig, encode_batch, read_frame, run_worker, write_frame
 from telemetry.model import Sample, VehicleKind
 from telemetry.spool import Spool
 from telemetry.validation import ValidationLimits
@@ -83,7 +83,7 @@ class _Slot:
     process: BaseProcess | None = None
     out: asyncio.StreamWriter | None = None
     reader: asyncio.Task[None] | None = None
-    outbox: list[tuple[str, str, bytes, float]] = field(default_factory=list)
+    outbox: list[RawTelemetry] = field(default_factory=list)
     #: token -> (frame, callback), in the order sent; resent in that order to a restarted worker.
     sent: dict[int, tuple[bytes, Callable[[], None]]] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
@@ -223,7 +223,7 @@ class IngestPool:
 
         for slot in slots:
             token = next(self._tokens)
-            data = frame(("batch", token, slot.outbox))
+            data = encode_batch(token, slot.outbox)
             slot.outbox = []
             slot.sent[token] = (data, part_done)
             if slot.out is not None and not slot.out.is_closing():  # else it goes to the restarted worker

@@ -147,3 +147,29 @@ async def test_a_spool_still_in_use_is_not_adopted(tmp_path: Path) -> None:
             adopt_orphan_spools(spool_dir, 1)
     assert adopt_orphan_spools(spool_dir, 1) == 1
     await asyncio.sleep(0)
+
+
+async def test_hand_over_frames_read_back_as_sent() -> None:
+    from gateway.ingest_worker import encode_batch, read_frame, write_frame
+
+    messages = [("car-01", "p/car-01/telemetry", b'{"v":1}', 1764331200.125),
+                ("Ä-2", "präfix/Ä-2/telemetry", b"", 0.0),  # not ASCII (the contract refuses it later), empty
+                ("car-03", "p/car-03/telemetry", bytes(range(256)) * 300, 1.5)]
+    reader = asyncio.StreamReader()
+    reader.feed_data(encode_batch(2**40, messages))
+
+    class _Sink:
+        def __init__(self) -> None:
+            self.data = b""
+
+        def write(self, data: bytes) -> None:
+            self.data += data
+
+    sink = _Sink()
+    write_frame(sink, ("done", [1, 2], {"samples": 3}))  # type: ignore[arg-type]
+    reader.feed_data(sink.data)
+    reader.feed_eof()
+    assert await read_frame(reader) == ("batch", 2**40, messages)
+    assert await read_frame(reader) == ("done", [1, 2], {"samples": 3})
+    with pytest.raises(asyncio.IncompleteReadError):
+        await read_frame(reader)
