@@ -35,9 +35,17 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from gateway.ingest_worker import RawTelemetry, WorkerConfig, encode_batch, read_frame, run_worker, write_frame
+from gateway.ingest_worker import (
+    SPOOL_WAIT_S,
+    RawTelemetry,
+    WorkerConfig,
+    encode_batch,
+    read_frame,
+    run_worker,
+    write_frame,
+)
 from telemetry.model import Sample, VehicleKind
-from telemetry.spool import Spool
+from telemetry.spool import Spool, SpoolInUseError
 from telemetry.validation import ValidationLimits
 from telemetry.writer import WriterSettings
 
@@ -57,17 +65,26 @@ def worker_spool_dir(spool_dir: str | Path, index: int) -> Path:
     return Path(spool_dir) / f"worker-{index}"
 
 
-def adopt_orphan_spools(spool_dir: str | Path, workers: int) -> int:
+def adopt_orphan_spools(spool_dir: str | Path, workers: int, wait_s: float = SPOOL_WAIT_S) -> int:
     """Move the spools of workers numbered ``workers`` and up into ``spool_dir``'s own; returns the records
-    moved. Call before anything opens those spools (the gateway does, before its writer starts)."""
+    moved. Call before anything opens those spools (the gateway does, before its writer starts). A folder still
+    held (a worker of a killed gateway storing what it held) is waited for, up to ``wait_s``."""
     orphans = sorted(p for p in Path(spool_dir).glob("worker-*")
                      if p.is_dir() and p.name[7:].isdigit() and int(p.name[7:]) >= workers)
     if not orphans:
         return 0
     moved = 0
+    deadline = time.monotonic() + wait_s
     with Spool(spool_dir) as spool:
         for orphan in orphans:
-            records = spool.adopt(orphan)
+            while True:
+                try:
+                    records = spool.adopt(orphan)
+                    break
+                except SpoolInUseError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
             if records:
                 log.warning("ingest worker spool %s: %d batches moved to %s, to be replayed by the gateway",
                             orphan, records, spool_dir)
@@ -81,11 +98,15 @@ class _Slot:
 
     config: WorkerConfig
     process: BaseProcess | None = None
-    out: asyncio.StreamWriter | None = None
+    #: The socket to the current process, from its launch on.
+    link: asyncio.StreamWriter | None = None
+    #: The current process said it is ready and was handed what it has to store: hand-overs go to it directly.
+    ready: bool = False
     reader: asyncio.Task[None] | None = None
     outbox: list[RawTelemetry] = field(default_factory=list)
     #: token -> (frame, callback), in the order sent; resent in that order to a restarted worker.
     sent: dict[int, tuple[bytes, Callable[[], None]]] = field(default_factory=dict)
+    sent_bytes: int = 0
     stats: dict[str, Any] = field(default_factory=dict)
     #: Counters of this slot's earlier processes (a restarted worker counts from zero).
     retired: dict[str, Any] = field(default_factory=dict)
@@ -147,58 +168,76 @@ class IngestPool:
             await asyncio.to_thread(process.start)
         finally:
             theirs.close()
-        reader, out = await asyncio.open_unix_connection(sock=ours)
-        slot.process, slot.out = process, out
+        reader, slot.link = await asyncio.open_unix_connection(sock=ours)
+        slot.process, slot.ready = process, False
         return reader
 
     async def _ready(self, slot: _Slot, reader: asyncio.StreamReader) -> None:
         """Tell a launched worker to connect, wait until it is ready, then hand it what it has to store."""
-        assert slot.process is not None and slot.out is not None
-        out, process = slot.out, slot.process
-        write_frame(out, ("start",))
+        assert slot.process is not None and slot.link is not None
+        link, process = slot.link, slot.process
+        write_frame(link, ("start",))
         try:
             async with asyncio.timeout(START_TIMEOUT_S):
                 ready = await read_frame(reader)
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
-            slot.out = None
-            out.close()
+            slot.link = None
+            link.close()
             await asyncio.to_thread(process.join, 5)
             if process.is_alive():
                 process.kill()
             raise RuntimeError(f"ingest worker {slot.config.index} did not start "
                                f"(exit code {process.exitcode}); see its log lines above") from None
         assert ready == ("ready",), ready
-        for data, _ in slot.sent.values():  # a restarted worker gets what its predecessor had not stored
-            out.write(data)
+        # In token order, and before anything new: until ``ready`` is set, flush() only keeps its frames here.
+        for data, _ in slot.sent.values():
+            link.write(data)
+        slot.ready = True
         slot.reader = asyncio.create_task(self._read(slot, reader), name=f"ingest-worker-{slot.config.index}")
 
     async def stop(self) -> None:
         """Let every worker store what it was handed, then end it (killed past ``STOP_TIMEOUT_S``)."""
         self._stopping = True
         for slot in self._slots:
-            if slot.out is not None:
-                write_frame(slot.out, ("stop",))
+            if slot.link is not None and not slot.link.is_closing():
+                write_frame(slot.link, ("stop",))
                 with contextlib.suppress(ConnectionError):
-                    await slot.out.drain()
+                    await slot.link.drain()
         for slot in self._slots:
-            if slot.reader is not None:
-                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                    await asyncio.wait_for(slot.reader, STOP_TIMEOUT_S)
-            if slot.process is not None:
+            # A restart under way runs in the reader task and ends at its next look at ``_stopping``; a reader
+            # it started meanwhile replaces ``slot.reader``: wait for that one too.
+            while slot.reader is not None and not slot.reader.done():
+                done, _ = await asyncio.wait({slot.reader}, timeout=STOP_TIMEOUT_S)
+                if not done:
+                    log.error("ingest worker %d did not report its last commit in %.0f s",
+                              slot.config.index, STOP_TIMEOUT_S)
+                    slot.reader.cancel()
+                    break
+            await self._end_process(slot)
+
+    async def _end_process(self, slot: _Slot) -> None:
+        """Close the worker's socket (it stores what it holds and ends), wait for it, kill it past 5 s."""
+        slot.ready = False
+        if slot.link is not None:
+            slot.link.close()
+            slot.link = None
+        if slot.process is not None:
+            await asyncio.to_thread(slot.process.join, 5)
+            if slot.process.is_alive():
+                log.error("ingest worker %d did not stop; killing it", slot.config.index)
+                slot.process.kill()
                 await asyncio.to_thread(slot.process.join, 5)
-                if slot.process.is_alive():
-                    log.error("ingest worker %d did not stop; killing it", slot.config.index)
-                    slot.process.kill()
-                    await asyncio.to_thread(slot.process.join, 5)
-            if slot.out is not None:
-                slot.out.close()
-                slot.out = None
 
     # -- TelemetryOffload -----------------------------------------------------------------------------------
 
     @property
     def pending_bytes(self) -> int:
         return self._pending_bytes
+
+    @property
+    def held_bytes(self) -> int:
+        """Hand-overs kept for workers being started again: no socket takes them meanwhile."""
+        return sum(slot.sent_bytes for slot in self._slots if not slot.ready)
 
     def submit(self, vehicle: str, topic: str, payload: bytes, received: datetime) -> None:
         slot = self._route.get(vehicle)
@@ -226,12 +265,13 @@ class IngestPool:
             data = encode_batch(token, slot.outbox)
             slot.outbox = []
             slot.sent[token] = (data, part_done)
-            if slot.out is not None and not slot.out.is_closing():  # else it goes to the restarted worker
-                slot.out.write(data)
+            slot.sent_bytes += len(data)
+            if slot.ready and slot.link is not None and not slot.link.is_closing():  # else: when restarted
+                slot.link.write(data)
         for slot in slots:
-            if slot.out is not None:
+            if slot.ready and slot.link is not None:
                 with contextlib.suppress(ConnectionError):  # a worker that died: restarted, handed it again
-                    await slot.out.drain()
+                    await slot.link.drain()
 
     async def settle(self) -> None:
         """Wait until everything handed to the workers is durable (and counted in ``stats``)."""
@@ -252,6 +292,7 @@ class IngestPool:
                     for token in tokens:
                         entry = slot.sent.pop(token, None)
                         if entry is not None:
+                            slot.sent_bytes -= len(entry[0])
                             _call(entry[1])
                     self._reported.set()
                 elif message[0] == "seen":
@@ -265,18 +306,18 @@ class IngestPool:
                     break
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
+        except Exception:  # a report that cannot be read: this worker is treated as dead, and replaced
+            log.exception("ingest worker %d sent what could not be read", slot.config.index)
         if not self._stopping:
             await self._restart(slot)
 
     async def _restart(self, slot: _Slot) -> None:
         """Start a dead worker again and hand it what it had not stored; retried with backoff until it runs."""
-        assert slot.process is not None
-        if slot.out is not None:
-            slot.out.close()
-            slot.out = None  # flush() keeps its frames for the successor from now on
-        await asyncio.to_thread(slot.process.join, 5)
+        process = slot.process
+        assert process is not None
+        await self._end_process(slot)  # from now on flush() keeps the frames for the successor
         log.error("ingest worker %d ended unexpectedly (exit code %s); starting it again with the %d batches it "
-                  "had not stored", slot.config.index, slot.process.exitcode, len(slot.sent))
+                  "had not stored", slot.config.index, process.exitcode, len(slot.sent))
         _add(slot.retired, slot.stats)
         slot.stats, slot.process = {}, None
         slot.restarts += 1
@@ -284,7 +325,11 @@ class IngestPool:
             if self._stopping:
                 return
             try:
-                await self._ready(slot, await self._launch(slot))
+                reader = await self._launch(slot)
+                if self._stopping:  # stop() did not see this one: end it before it takes anything
+                    await self._end_process(slot)
+                    return
+                await self._ready(slot, reader)
                 return
             except Exception as exc:
                 delay = RESTART_BACKOFF_S[min(attempt, len(RESTART_BACKOFF_S) - 1)]
@@ -294,8 +339,7 @@ class IngestPool:
 
     def worker_pids(self) -> list[int | None]:
         """The process id of each worker (None while one is being started again)."""
-        return [slot.process.pid if slot.process is not None and slot.out is not None else None
-                for slot in self._slots]
+        return [slot.process.pid if slot.process is not None and slot.ready else None for slot in self._slots]
 
     def worker_of(self, vehicle: str) -> int:
         """The index of the worker that decodes, validates and stores ``vehicle``'s telemetry."""
@@ -310,7 +354,7 @@ class IngestPool:
         writer = total.pop("writer", {})
         return {
             "workers": len(self._slots),
-            "alive": sum(slot.out is not None for slot in self._slots),
+            "alive": sum(slot.ready for slot in self._slots),
             "restarts": sum(slot.restarts for slot in self._slots),
             "pids": self.worker_pids(),
             "in_flight_batches": sum(len(slot.sent) for slot in self._slots),

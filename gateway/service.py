@@ -117,9 +117,10 @@ class Gateway:
             log.warning("no database configured: starting a throwaway embedded PostgreSQL (data is not kept)")
             self._pg = await asyncio.to_thread(EmbeddedPostgres().start)
             self.dsn = self._pg.dsn
-        mqtt = self.settings.mqtt
-        if mqtt.ingest_workers and (mqtt.broker is not None or self.embedded_broker):
-            self.ingest = IngestPool(mqtt.ingest_workers, self.dsn, writer_settings(self.settings),
+        mqtt = await self._mqtt_settings()
+        workers = mqtt.ingest_workers if mqtt.broker is not None else 0
+        if workers:
+            self.ingest = IngestPool(workers, self.dsn, writer_settings(self.settings),
                                      validation_limits(self.settings), on_latest=self.live.update)
             await self.ingest.launch()  # their start overlaps the rest of ours
         st = storage_settings(self.settings)
@@ -127,7 +128,6 @@ class Gateway:
         if applied:
             log.info("database migrated to schema %s", applied[-1])
         if self.settings.writer.spool_dir is not None:  # before any spool is opened: see adopt_orphan_spools
-            workers = self.settings.mqtt.ingest_workers
             await asyncio.to_thread(adopt_orphan_spools, self.settings.writer.spool_dir, workers)
         self.writer = TelemetryWriter(self.dsn, writer_settings(self.settings))
         await self.writer.start()
@@ -137,13 +137,14 @@ class Gateway:
             validator.seed(vehicle, times)
         self.pipeline = Pipeline(self.writer, validator, self.live)
         self._tasks.append(asyncio.create_task(self._housekeeping(st), name="patrolgate-housekeeping"))
-        await self._start_drivers()
+        await self._start_drivers(mqtt)
         if self.settings.api.enabled:
             await self._start_api()
         log.info("gateway running: %d driver(s), database %s", len(self.drivers), _redact(self.dsn))
 
-    async def _start_drivers(self) -> None:
-        assert self.pipeline is not None
+    async def _mqtt_settings(self) -> MqttConfig:
+        """The MQTT settings in effect: the configured broker, or an embedded one when none is configured and
+        the gateway may start one (``broker`` stays None when MQTT is off)."""
         mqtt = self.settings.mqtt
         if mqtt.broker is None and self.embedded_broker:
             try:
@@ -153,6 +154,10 @@ class Gateway:
             else:
                 mqtt = mqtt.model_copy(update={"broker": self._broker.url})
                 log.warning("no MQTT broker configured: started an embedded mosquitto at %s", self._broker.url)
+        return mqtt
+
+    async def _start_drivers(self, mqtt: MqttConfig) -> None:
+        assert self.pipeline is not None
         if self.settings.mavlink.endpoints:
             self.drivers.append(mavlink_driver(self.settings.mavlink))
         if mqtt.broker is not None:
@@ -160,9 +165,6 @@ class Gateway:
             if self.ingest is not None:
                 await self.ingest.start()
             self.drivers.append(mqtt_driver(mqtt, self.ingest))
-        elif self.ingest is not None:  # MQTT is off after all (no embedded broker could start)
-            await self.ingest.stop()
-            self.ingest = None
         for driver in self.drivers:
             await driver.start(self.pipeline)
             self.fleet.add(driver)

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from datetime import datetime
@@ -75,6 +76,11 @@ class TelemetryOffload(Protocol):
         """Payload bytes submitted since the last ``flush``."""
         ...
 
+    @property
+    def held_bytes(self) -> int:
+        """Bytes handed over but held back (a worker being started again): they count against reading too."""
+        ...
+
     def submit(self, vehicle: str, topic: str, payload: bytes, received: datetime) -> None:
         """Queue one telemetry payload for the next ``flush``."""
         ...
@@ -117,6 +123,14 @@ class MqttOptions:
     stop_ack_timeout_s: float = 5.0
 
 
+@dataclass(slots=True, eq=False)
+class _HandOver:
+    """The QoS 1 message ids of one hand-over and how many of its parts (pipeline, offload) are not durable yet."""
+
+    mids: list[int]
+    parts: int
+
+
 @dataclass(slots=True)
 class _Vehicle:
     #: None until the vehicle's first telemetry says (a status message does not carry the kind).
@@ -143,7 +157,11 @@ class MqttDriver(Driver):
         self._to_ack: list[int] = []  # QoS 1 message ids, PUBACKed once their rows are durable
         self._acks: dict[str, asyncio.Future[Any]] = {}
         self._wake = asyncio.Event()
-        self._acks_outstanding = 0  # emits whose ack (commit) has not come yet
+        #: Hand-overs not PUBACKed yet, in the order their messages came: PUBACKs go out in that order (MQTT
+        #: 4.6.0-2), also when a later one is durable first (another ingest worker was faster).
+        self._hand_overs: deque[_HandOver] = deque()
+        #: Offloaded parts waiting for the vehicles they reported first (``_seen``) to be stored (see ``_flush``).
+        self._follow_ups: list[Callable[[], None]] = []
         self._acks_done = asyncio.Event()
         self._stopping = False
         self._flush_task: asyncio.Task[None] | None = None
@@ -193,7 +211,10 @@ class MqttDriver(Driver):
         # the broker does not redeliver the last messages at the next start (they would be stored as duplicates).
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.options.stop_ack_timeout_s):
-                while self._acks_outstanding:
+                while self._hand_overs:
+                    if self._follow_ups or self._events or self._new_vehicles:  # reports of the last hand-overs
+                        await self._flush()
+                        continue
                     self._acks_done.clear()
                     await self._acks_done.wait()
         if self._client is not None:
@@ -329,39 +350,60 @@ class MqttDriver(Driver):
     async def _flush(self) -> None:
         offload = self._offload
         if self._emit is None or not (self._samples or self._events or self._rejections or self._to_ack
-                                      or self._new_vehicles or (offload is not None and offload.pending_bytes)):
+                                      or self._new_vehicles or self._follow_ups
+                                      or (offload is not None and offload.pending_bytes)):
             return
         samples, self._samples = self._samples, []
         events, self._events = self._events, []
         rejections, self._rejections = self._rejections, []
         vehicles, self._new_vehicles = self._new_vehicles, []
-        to_ack, self._to_ack = self._to_ack, []
+        follow_ups, self._follow_ups = self._follow_ups, []
         client = self._client
         if client is not None:
             client.hold(False)  # read on while this hand-over is validated and queued
+        # Acknowledged once the pipeline's rows and, with an offload, the offloaded telemetry are durable.
+        hand_over = _HandOver(self._to_ack, 1 if offload is None else 2)
+        self._to_ack = []
+        self._hand_overs.append(hand_over)
 
-        # The messages of this hand-over are acknowledged once the pipeline's rows and, with an offload, the
-        # offloaded telemetry are durable: whichever reports last sends the PUBACKs.
-        parts = 1 if offload is None else 2
+        def part_done() -> None:
+            hand_over.parts -= 1
+            if not hand_over.parts:
+                self._release()
 
-        def ack() -> None:
-            nonlocal parts
-            parts -= 1
-            if parts:
-                return
-            self._acks_outstanding -= 1
-            self._acks_done.set()
-            if client is not None:
-                client.ack_many(to_ack)
+        def stored() -> None:
+            part_done()
+            for follow_up in follow_ups:  # their vehicles' registrations and online events are in these rows
+                follow_up()
 
-        self._acks_outstanding += 1
+        def offloaded() -> None:
+            # The offload reports the vehicles whose telemetry it accepted first (``_seen``) before it reports
+            # their rows durable. Those reports, a registration and an online event, go with the next hand-over:
+            # this one is acknowledged only once they are stored too, so a crash in between cannot lose them.
+            if self._events or self._new_vehicles:
+                self._follow_ups.append(part_done)
+                self._wake.set()
+                self._acks_done.set()  # stop() waits on this: it flushes the reports itself
+            else:
+                part_done()
+
         try:
             if offload is not None:
-                await offload.flush(ack)
-            await self._emit(samples, events=events, rejections=rejections, vehicles=vehicles, ack=ack)
-        except BaseException:  # not queued: its ack will never come
-            self._acks_outstanding -= 1
+                await offload.flush(offloaded)
+            await self._emit(samples, events=events, rejections=rejections, vehicles=vehicles, ack=stored)
+        except BaseException:  # not queued: its messages are never acknowledged (the broker sends them again)
+            hand_over.parts = -1
+            self._release()
             raise
+
+    def _release(self) -> None:
+        """PUBACK the hand-overs at the head of the queue that are durable, in the order received."""
+        client = self._client
+        while self._hand_overs and self._hand_overs[0].parts <= 0:
+            hand_over = self._hand_overs.popleft()
+            if hand_over.parts == 0 and hand_over.mids and client is not None:
+                client.ack_many(hand_over.mids)
+        self._acks_done.set()
 
     async def flush(self) -> None:
         await self._flush()

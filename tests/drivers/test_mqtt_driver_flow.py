@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
 
 import orjson
 import paho.mqtt.client as mqtt
@@ -16,7 +18,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from drivers.base import Ack
 from drivers.mqtt import MqttDriver, MqttOptions
 from gateway.embedded import EmbeddedMosquitto
-from telemetry.model import Event, Rejection, Sample, VehicleInfo
+from telemetry.model import Event, Rejection, Sample, VehicleInfo, VehicleKind
 
 PER_MESSAGE = 10
 MESSAGES = 100
@@ -62,6 +64,80 @@ async def test_reading_stops_at_the_pending_limit_while_an_emit_is_held(mqtt_bro
         assert len(stamps) == MESSAGES * PER_MESSAGE  # each sample exactly once
     finally:
         gate.set()  # a failed assertion must not leave stop() waiting on the held emit
+        pub.loop_stop()
+        pub.disconnect()
+        await driver.stop()
+
+
+class _HeldOffload:
+    """A ``TelemetryOffload`` whose hand-overs become durable when the test says so."""
+
+    def __init__(self) -> None:
+        self.on_seen: Any = None
+        self.pending: list[str] = []
+        self.handed: list[tuple[list[str], Ack]] = []
+
+    @property
+    def pending_bytes(self) -> int:
+        return len(self.pending)
+
+    @property
+    def held_bytes(self) -> int:
+        return 0
+
+    def submit(self, vehicle: str, topic: str, payload: bytes, received: datetime) -> None:
+        self.pending.append(vehicle)
+
+    async def flush(self, ack: Ack) -> None:
+        self.handed.append((self.pending, ack))
+        self.pending = []
+
+    def stats(self) -> dict[str, Any]:
+        return {"samples": 0}
+
+
+async def test_with_an_offload_pubacks_keep_the_order_received_and_wait_for_first_seen_reports(
+        mqtt_broker: EmbeddedMosquitto) -> None:
+    stored: list[tuple[list[Event], list[VehicleInfo]]] = []
+
+    async def emit(samples: Sequence[Sample] = (), *, events: Sequence[Event] = (),
+                   rejections: Sequence[Rejection] = (), vehicles: Sequence[VehicleInfo] = (),
+                   ack: Ack | None = None) -> None:
+        stored.append((list(events), list(vehicles)))
+        if ack is not None:
+            ack()
+
+    offload = _HeldOffload()
+    driver = MqttDriver(MqttOptions(broker=mqtt_broker.url, prefix="t/order", client_id="order-test",
+                                    flush_interval_s=0.005), offload=offload)
+    await driver.start(emit)
+    assert driver._client is not None
+    acked: list[list[int]] = []
+    real_ack_many = driver._client.ack_many
+    driver._client.ack_many = lambda mids: (acked.append(list(mids)), real_ack_many(mids))  # type: ignore[method-assign]
+    # (the two hand-overs below carry one message each; the one with the reports of the first carries none)
+    pub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="order-pub", protocol=mqtt.MQTTv5)
+    pub.connect(mqtt_broker.host, mqtt_broker.port)
+    pub.loop_start()
+    try:
+        doc = orjson.dumps({"v": 1, "ts": int(time.time() * 1000) - 5000, "lat": 31.23, "lon": 121.47})
+        for car in ("car-01", "car-02"):
+            pub.publish(f"t/order/{car}/telemetry", doc, qos=1).wait_for_publish(5)
+            await until(lambda car=car: [car] in [h for h, _ in offload.handed], what=f"{car} handed over")
+        (_, first), (_, second) = [h for h in offload.handed if h[0]]
+        # The worker accepted car-01's telemetry: it is registered and online with the next hand-over.
+        offload.on_seen([("car-01", VehicleKind.DRONE)])
+        second()
+        await asyncio.sleep(0.05)
+        assert acked == []  # the second is durable, but the first was received first
+        first()
+        await until(lambda: len(acked) == 2, what="both acknowledged")
+        assert [len(batch) for batch in acked] == [1, 1] and acked[0] < acked[1]  # in the order received
+        registered = [v for _, vehicles in stored for v in vehicles]
+        assert [(v.vehicle, v.kind, v.kind_known) for v in registered] == [("car-01", VehicleKind.DRONE, True)]
+        online = [e for events, _ in stored for e in events]
+        assert [(e.vehicle, e.type, e.kind) for e in online] == [("car-01", "online", VehicleKind.DRONE)]
+    finally:
         pub.loop_stop()
         pub.disconnect()
         await driver.stop()

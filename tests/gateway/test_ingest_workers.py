@@ -8,6 +8,7 @@ import asyncio
 import os
 import signal
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +16,17 @@ import httpx
 import orjson
 import paho.mqtt.client as mqtt
 import pytest
-from helpers import query, until
+from helpers import make_sample, query, until
 from paho.mqtt.enums import CallbackAPIVersion
 
 from api.app import create_app
 from gateway.config import load_settings
 from gateway.embedded import EmbeddedMosquitto
-from gateway.ingest_pool import adopt_orphan_spools, worker_spool_dir
+from gateway.ingest_pool import IngestPool, adopt_orphan_spools, worker_spool_dir
 from gateway.service import Gateway
-from telemetry.spool import Spool
+from telemetry.spool import Spool, SpoolInUseError
+from telemetry.validation import ValidationLimits
+from telemetry.writer import TelemetryWriter, WriterSettings
 
 pytestmark = [pytest.mark.postgres, pytest.mark.mqtt]
 
@@ -98,11 +101,6 @@ async def test_vehicles_keep_their_worker_and_the_fleet_is_spread(db: str, mqtt_
         workers = {f"car-{i:02d}": gw.ingest.worker_of(f"car-{i:02d}") for i in range(30)}
         assert set(workers.values()) == {0, 1, 2}
         # The route is a function of the id alone: a restarted gateway sends each car to the same worker.
-        again = Gateway(_settings(db, mqtt_broker, tmp_path / "other", "t/route2", workers=3))
-        assert again.ingest is None  # built at start only
-        from gateway.ingest_pool import IngestPool
-        from telemetry.validation import ValidationLimits
-        from telemetry.writer import WriterSettings
         other = IngestPool(3, db, WriterSettings(), ValidationLimits())
         assert {car: other.worker_of(car) for car in workers} == workers
         # The live view got each car's newest sample from the workers.
@@ -142,9 +140,8 @@ async def test_a_spool_still_in_use_is_not_adopted(tmp_path: Path) -> None:
     spool_dir = tmp_path / "spool"
     with Spool(worker_spool_dir(spool_dir, 1)) as busy:
         busy.append(b"held")
-        from telemetry.spool import SpoolInUseError
         with pytest.raises(SpoolInUseError):
-            adopt_orphan_spools(spool_dir, 1)
+            adopt_orphan_spools(spool_dir, 1, wait_s=0.3)
     assert adopt_orphan_spools(spool_dir, 1) == 1
     await asyncio.sleep(0)
 
@@ -173,3 +170,95 @@ async def test_hand_over_frames_read_back_as_sent() -> None:
     assert await read_frame(reader) == ("done", [1, 2], {"samples": 3})
     with pytest.raises(asyncio.IncompleteReadError):
         await read_frame(reader)
+
+
+def _doc(ts_ms: int, seq: int) -> bytes:
+    return orjson.dumps({"v": 1, "ts": ts_ms, "lat": 31.2304, "lon": 121.4737, "seq": seq})
+
+
+async def test_hand_overs_made_while_a_worker_restarts_reach_it_once_and_in_order(db: str, tmp_path: Path) -> None:
+    pool = IngestPool(1, db, WriterSettings(spool_dir=str(tmp_path / "spool")), ValidationLimits())
+    await pool.start()
+    try:
+        acks: list[str] = []
+        base = int((time.time() - 600) * 1000)
+        now = datetime.now(UTC)
+        old = pool.worker_pids()[0]
+        assert old is not None
+        os.kill(old, signal.SIGSTOP)  # it will never read hand-over A
+        for i in range(5):
+            pool.submit("car-01", "p/car-01/telemetry", _doc(base + i * 1000, i), now)
+        await pool.flush(lambda: acks.append("A"))
+        os.kill(old, signal.SIGKILL)
+        await until(lambda: pool.stats()["restarts"] == 1, what="the restart under way")
+        assert pool.worker_pids() == [None]  # not taking hand-overs until it is ready
+        for i in range(5, 10):  # while the successor starts: kept for it, sent after A
+            pool.submit("car-01", "p/car-01/telemetry", _doc(base + i * 1000, i), now)
+        await pool.flush(lambda: acks.append("B"))
+        assert pool.held_bytes > 0
+        await asyncio.wait_for(pool.settle(), 30)
+        assert acks == ["A", "B"]
+        assert pool.held_bytes == 0
+        assert query(db, "SELECT seq FROM telemetry ORDER BY received_at, seq") == [(i,) for i in range(10)]
+        assert query(db, "SELECT count(*) FROM rejected") == [(0,)]  # B was not decoded twice
+    finally:
+        await pool.stop()
+
+
+async def test_a_stop_during_a_restart_ends_the_new_worker_cleanly(db: str, tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    pool = IngestPool(1, db, WriterSettings(spool_dir=str(tmp_path / "spool")), ValidationLimits())
+    await pool.start()
+    old = pool.worker_pids()[0]
+    assert old is not None
+    os.kill(old, signal.SIGKILL)
+    await until(lambda: pool.stats()["restarts"] == 1, poll_s=0.001, what="the restart under way")
+    started = time.monotonic()
+    await pool.stop()  # the gateway stopping while the successor is being started
+    assert time.monotonic() - started < 4.5
+    assert "killing it" not in caplog.text and "did not report" not in caplog.text
+    assert pool.worker_pids() == [None]
+
+
+@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "2-workers"])
+async def test_a_vehicle_first_heard_just_before_a_stop_is_registered_and_online(
+        db: str, mqtt_broker: EmbeddedMosquitto, tmp_path: Path, workers: int) -> None:
+    """With workers the registration and the online event of a new vehicle come from the worker's report, one
+    hand-over later: its PUBACK waits for them, and a stop flushes them."""
+    prefix = f"t/last{workers}"
+    gw = Gateway(_settings(db, mqtt_broker, tmp_path, prefix, workers=workers))
+    await gw.start()
+    pub = _publish_stream(mqtt_broker, prefix, 0, 1, 0)
+    try:
+        pub.publish(f"{prefix}/car-77/telemetry", _doc(int((time.time() - 5) * 1000), 1), qos=1).wait_for_publish()
+        await until(lambda: gw.drivers[0].stats()["messages"] >= 1, what="received")
+    finally:
+        await gw.stop()
+        pub.loop_stop()
+        pub.disconnect()
+    assert query(db, "SELECT count(*) FROM telemetry") == [(1,)]
+    assert query(db, "SELECT mqtt_client_id FROM vehicles WHERE id = 'car-77'") == [("car-77",)]
+    assert query(db, "SELECT type, detail->>'reason' FROM events") == [("online", "telemetry")]
+
+
+async def test_spools_of_workers_are_replayed_when_mqtt_is_off(db: str, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    # A run with workers spooled (and so acknowledged) a batch while the database was away.
+    away = TelemetryWriter("postgresql://127.0.0.1:1/nowhere?connect_timeout=1",
+                           WriterSettings(spool_dir=str(worker_spool_dir(spool, 0))))
+    await away.start()
+    acked: list[int] = []
+    await away.submit([make_sample("car-05")], ack=lambda: acked.append(1))
+    await away.flush()
+    await away.stop()
+    assert acked == [1]
+    # Now MQTT is off (no broker), the worker count unchanged in the configuration: no worker will replay it.
+    gw = Gateway(load_settings(database={"dsn": db}, mavlink={"endpoints": []}, api={"enabled": False},
+                               mqtt={"ingest_workers": 2}, writer={"flush_interval": "50ms", "spool_dir": str(spool)}))
+    await gw.start()
+    try:
+        assert gw.ingest is None
+        await until(lambda: query(db, "SELECT count(*) FROM telemetry") == [(1,)], what="the spool replayed")
+        assert not list(spool.glob("worker-*"))
+    finally:
+        await gw.stop()
