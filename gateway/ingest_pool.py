@@ -346,7 +346,11 @@ class IngestPool:
         return zlib.crc32(vehicle.encode()) % len(self._slots)
 
     def stats(self) -> dict[str, Any]:
-        """The workers' counters summed (``samples`` decoded, ``accepted``, ``written``, rejections by reason)."""
+        """The workers' counters summed (``samples`` decoded, ``accepted``, ``written``, rejections by reason).
+
+        Exact while no worker was started again. After a restart, hand-overs handed again are decoded (and
+        counted) again, and rows a dead worker committed after its last report are in the database but not
+        in ``written``: the database is the reference then."""
         total: dict[str, Any] = {}
         for slot in self._slots:
             _add(total, slot.retired)
