@@ -247,8 +247,11 @@ class MqttDriver(Driver):
         pending = len(self._samples)
         if len(self._to_ack) >= 200 or pending >= 2000:
             self._wake.set()
-        if (pending >= self.options.max_pending_samples or (self._offload is not None
-                and self._offload.pending_bytes >= MAX_PENDING_OFFLOAD_BYTES)) and self._client is not None:
+        offload = self._offload
+        full = pending >= self.options.max_pending_samples
+        if offload is not None:
+            full = full or offload.pending_bytes + offload.held_bytes >= MAX_PENDING_OFFLOAD_BYTES
+        if full and self._client is not None:
             self._client.hold(True)  # released by the next hand-over
             self._wake.set()
 
@@ -393,6 +396,7 @@ class MqttDriver(Driver):
             await self._emit(samples, events=events, rejections=rejections, vehicles=vehicles, ack=stored)
         except BaseException:  # not queued: its messages are never acknowledged (the broker sends them again)
             hand_over.parts = -1
+            self._follow_ups[:0] = follow_ups  # earlier hand-overs complete with the next one that is stored
             self._release()
             raise
 
