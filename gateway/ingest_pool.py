@@ -198,6 +198,8 @@ class IngestPool:
     async def stop(self) -> None:
         """Let every worker store what it was handed, then end it (killed past ``STOP_TIMEOUT_S``)."""
         self._stopping = True
+        if self._launched is not None:  # launched, and the gateway's start failed before start(): reach them too
+            await asyncio.gather(self._launched, return_exceptions=True)
         for slot in self._slots:
             if slot.link is not None and not slot.link.is_closing():
                 write_frame(slot.link, ("stop",))

@@ -129,6 +129,9 @@ class _HandOver:
 
     mids: list[int]
     parts: int
+    #: Its pipeline part is durable; until then ``after_stored`` waits for it (see ``MqttDriver._flush``).
+    stored: bool = False
+    after_stored: list[Callable[[], None]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -162,6 +165,8 @@ class MqttDriver(Driver):
         self._hand_overs: deque[_HandOver] = deque()
         #: Offloaded parts waiting for the vehicles they reported first (``_seen``) to be stored (see ``_flush``).
         self._follow_ups: list[Callable[[], None]] = []
+        #: The newest hand-over that carried events or registrations (``_seen``'s reports among them).
+        self._report_carrier: _HandOver | None = None
         self._acks_done = asyncio.Event()
         self._stopping = False
         self._flush_task: asyncio.Task[None] | None = None
@@ -209,13 +214,14 @@ class MqttDriver(Driver):
         await self._flush()
         # The writer (stopped after the drivers) commits within its ack interval: wait for those PUBACKs, so
         # the broker does not redeliver the last messages at the next start (they would be stored as duplicates).
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.options.stop_ack_timeout_s):
-                while self._hand_overs:
-                    if self._follow_ups or self._events or self._new_vehicles:  # reports of the last hand-overs
-                        await self._flush()
-                        continue
-                    self._acks_done.clear()
+        deadline = asyncio.get_running_loop().time() + self.options.stop_ack_timeout_s
+        while self._hand_overs and asyncio.get_running_loop().time() < deadline:
+            if self._follow_ups or self._events or self._new_vehicles:  # reports of the last hand-overs
+                await self._flush()  # not under the timeout: a cancel during an emit would drop what it took
+                continue
+            self._acks_done.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline):
                     await self._acks_done.wait()
         if self._client is not None:
             await self._client.stop()
@@ -368,6 +374,8 @@ class MqttDriver(Driver):
         hand_over = _HandOver(self._to_ack, 1 if offload is None else 2)
         self._to_ack = []
         self._hand_overs.append(hand_over)
+        if events or vehicles:
+            self._report_carrier = hand_over
 
         def part_done() -> None:
             hand_over.parts -= 1
@@ -375,18 +383,25 @@ class MqttDriver(Driver):
                 self._release()
 
         def stored() -> None:
+            hand_over.stored = True
             part_done()
-            for follow_up in follow_ups:  # their vehicles' registrations and online events are in these rows
+            # Earlier hand-overs whose vehicles' registrations and online events are in these rows.
+            for follow_up in (*follow_ups, *hand_over.after_stored):
                 follow_up()
 
         def offloaded() -> None:
             # The offload reports the vehicles whose telemetry it accepted first (``_seen``) before it reports
-            # their rows durable. Those reports, a registration and an online event, go with the next hand-over:
+            # their rows durable. Those reports, a registration and an online event, go with a later hand-over:
             # this one is acknowledged only once they are stored too, so a crash in between cannot lose them.
+            # They are either still waiting for the next hand-over, or in the newest one that carried reports
+            # (the writer stores hand-overs in order: once that one is stored, so are the earlier ones).
+            carrier = self._report_carrier
             if self._events or self._new_vehicles:
                 self._follow_ups.append(part_done)
                 self._wake.set()
                 self._acks_done.set()  # stop() waits on this: it flushes the reports itself
+            elif carrier is not None and carrier is not hand_over and not carrier.stored:
+                carrier.after_stored.append(part_done)
             else:
                 part_done()
 
@@ -396,7 +411,9 @@ class MqttDriver(Driver):
             await self._emit(samples, events=events, rejections=rejections, vehicles=vehicles, ack=stored)
         except BaseException:  # not queued: its messages are never acknowledged (the broker sends them again)
             hand_over.parts = -1
-            self._follow_ups[:0] = follow_ups  # earlier hand-overs complete with the next one that is stored
+            # Earlier hand-overs waiting for this one complete with the next one that is stored instead.
+            hand_over.stored = True
+            self._follow_ups[:0] = [*follow_ups, *hand_over.after_stored]
             self._release()
             raise
 

@@ -76,6 +76,7 @@ class _HeldOffload:
         self.on_seen: Any = None
         self.pending: list[str] = []
         self.handed: list[tuple[list[str], Ack]] = []
+        self.held = 0
 
     @property
     def pending_bytes(self) -> int:
@@ -83,7 +84,7 @@ class _HeldOffload:
 
     @property
     def held_bytes(self) -> int:
-        return 0
+        return self.held
 
     def submit(self, vehicle: str, topic: str, payload: bytes, received: datetime) -> None:
         self.pending.append(vehicle)
@@ -137,6 +138,85 @@ async def test_with_an_offload_pubacks_keep_the_order_received_and_wait_for_firs
         assert [(v.vehicle, v.kind, v.kind_known) for v in registered] == [("car-01", VehicleKind.DRONE, True)]
         online = [e for events, _ in stored for e in events]
         assert [(e.vehicle, e.type, e.kind) for e in online] == [("car-01", "online", VehicleKind.DRONE)]
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+        await driver.stop()
+
+
+async def test_a_puback_waits_for_the_reports_already_handed_to_the_pipeline(mqtt_broker: EmbeddedMosquitto) -> None:
+    """The usual timing: the worker's report (a new vehicle) is handed to the pipeline before the worker says
+    the telemetry is durable; the PUBACK still waits until that registration is durable too."""
+    pipeline_acks: list[tuple[list[VehicleInfo], Ack]] = []
+
+    async def emit(samples: Sequence[Sample] = (), *, events: Sequence[Event] = (),
+                   rejections: Sequence[Rejection] = (), vehicles: Sequence[VehicleInfo] = (),
+                   ack: Ack | None = None) -> None:
+        assert ack is not None
+        pipeline_acks.append((list(vehicles), ack))  # durable when the test says so
+
+    offload = _HeldOffload()
+    driver = MqttDriver(MqttOptions(broker=mqtt_broker.url, prefix="t/carrier", client_id="carrier-test",
+                                    flush_interval_s=0.005), offload=offload)
+    await driver.start(emit)
+    assert driver._client is not None
+    acked: list[list[int]] = []
+    real_ack_many = driver._client.ack_many
+    driver._client.ack_many = lambda mids: (acked.append(list(mids)), real_ack_many(mids))  # type: ignore[method-assign]
+    pub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="carrier-pub",
+                      protocol=mqtt.MQTTv5)
+    pub.connect(mqtt_broker.host, mqtt_broker.port)
+    pub.loop_start()
+    try:
+        doc = orjson.dumps({"v": 1, "ts": int(time.time() * 1000) - 5000, "lat": 31.23, "lon": 121.47})
+        pub.publish("t/carrier/car-01/telemetry", doc, qos=1).wait_for_publish(5)
+        await until(lambda: ["car-01"] in [h for h, _ in offload.handed], what="handed over")
+        [telemetry_durable] = [ack for h, ack in offload.handed if h]
+        offload.on_seen([("car-01", VehicleKind.PATROL_CAR)])
+        await until(lambda: any(vehicles for vehicles, _ in pipeline_acks), what="registration handed on")
+        for vehicles, ack in list(pipeline_acks):
+            if not vehicles:
+                ack()  # every pipeline part except the one carrying the registration
+        telemetry_durable()
+        await asyncio.sleep(0.05)
+        assert acked == []
+        for vehicles, ack in list(pipeline_acks):
+            if vehicles:
+                ack()
+        await until(lambda: acked == [[1]], what="the PUBACK, once the registration is durable")
+    finally:
+        for _, ack in pipeline_acks:
+            ack()  # stop() must not wait on parts the test held
+        pub.loop_stop()
+        pub.disconnect()
+        await driver.stop()
+
+
+async def test_hand_overs_held_for_a_restarting_worker_stop_reading(mqtt_broker: EmbeddedMosquitto) -> None:
+    async def emit(samples: Sequence[Sample] = (), *, events: Sequence[Event] = (),
+                   rejections: Sequence[Rejection] = (), vehicles: Sequence[VehicleInfo] = (),
+                   ack: Ack | None = None) -> None:
+        if ack is not None:
+            ack()
+
+    offload = _HeldOffload()
+    offload.held = 1 << 40  # a worker being started again holds far more than the limit
+    driver = MqttDriver(MqttOptions(broker=mqtt_broker.url, prefix="t/held", client_id="held-test",
+                                    flush_interval_s=0.005), offload=offload)
+    await driver.start(emit)
+    assert driver._client is not None
+    holds: list[bool] = []
+    real_hold = driver._client.hold
+    driver._client.hold = lambda held: (holds.append(held), real_hold(held))  # type: ignore[method-assign]
+    pub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="held-pub", protocol=mqtt.MQTTv5)
+    pub.connect(mqtt_broker.host, mqtt_broker.port)
+    pub.loop_start()
+    try:
+        doc = orjson.dumps({"v": 1, "ts": int(time.time() * 1000) - 5000, "lat": 31.23, "lon": 121.47})
+        for _ in range(20):
+            pub.publish("t/held/car-01/telemetry", doc, qos=0)
+        await until(lambda: sum(len(h) for h, _ in offload.handed) == 20, what="all read, one per hand-over")
+        assert holds.count(True) >= 19  # reading stops after every message, resumes at the next hand-over
     finally:
         pub.loop_stop()
         pub.disconnect()
