@@ -15,7 +15,7 @@ import paho.mqtt.client as mqtt
 from helpers import until
 from paho.mqtt.enums import CallbackAPIVersion
 
-from drivers.base import Ack
+from drivers.base import Ack, Emit
 from drivers.mqtt import MqttDriver, MqttOptions
 from gateway.embedded import EmbeddedMosquitto
 from telemetry.model import Event, Rejection, Sample, VehicleInfo, VehicleKind
@@ -97,6 +97,23 @@ class _HeldOffload:
         return {"samples": 0}
 
 
+async def _offloaded_driver(broker: EmbeddedMosquitto, name: str, emit: Emit,
+                            offload: _HeldOffload) -> tuple[MqttDriver, list[list[int]], mqtt.Client]:
+    """A driver on ``t/<name>`` with ``offload``, the message ids of each PUBACK write, and a publisher."""
+    driver = MqttDriver(MqttOptions(broker=broker.url, prefix=f"t/{name}", client_id=f"{name}-test",
+                                    flush_interval_s=0.005), offload=offload)
+    await driver.start(emit)
+    assert driver._client is not None
+    acked: list[list[int]] = []
+    real_ack_many = driver._client.ack_many
+    driver._client.ack_many = lambda mids: (acked.append(list(mids)), real_ack_many(mids))  # type: ignore[method-assign]
+    pub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"{name}-pub",
+                      protocol=mqtt.MQTTv5)
+    pub.connect(broker.host, broker.port)
+    pub.loop_start()
+    return driver, acked, pub
+
+
 async def test_with_an_offload_pubacks_keep_the_order_received_and_wait_for_first_seen_reports(
         mqtt_broker: EmbeddedMosquitto) -> None:
     stored: list[tuple[list[Event], list[VehicleInfo]]] = []
@@ -109,17 +126,7 @@ async def test_with_an_offload_pubacks_keep_the_order_received_and_wait_for_firs
             ack()
 
     offload = _HeldOffload()
-    driver = MqttDriver(MqttOptions(broker=mqtt_broker.url, prefix="t/order", client_id="order-test",
-                                    flush_interval_s=0.005), offload=offload)
-    await driver.start(emit)
-    assert driver._client is not None
-    acked: list[list[int]] = []
-    real_ack_many = driver._client.ack_many
-    driver._client.ack_many = lambda mids: (acked.append(list(mids)), real_ack_many(mids))  # type: ignore[method-assign]
-    # (the two hand-overs below carry one message each; the one with the reports of the first carries none)
-    pub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="order-pub", protocol=mqtt.MQTTv5)
-    pub.connect(mqtt_broker.host, mqtt_broker.port)
-    pub.loop_start()
+    driver, acked, pub = await _offloaded_driver(mqtt_broker, "order", emit, offload)
     try:
         doc = orjson.dumps({"v": 1, "ts": int(time.time() * 1000) - 5000, "lat": 31.23, "lon": 121.47})
         for car in ("car-01", "car-02"):
@@ -156,17 +163,7 @@ async def test_a_puback_waits_for_the_reports_already_handed_to_the_pipeline(mqt
         pipeline_acks.append((list(vehicles), ack))  # durable when the test says so
 
     offload = _HeldOffload()
-    driver = MqttDriver(MqttOptions(broker=mqtt_broker.url, prefix="t/carrier", client_id="carrier-test",
-                                    flush_interval_s=0.005), offload=offload)
-    await driver.start(emit)
-    assert driver._client is not None
-    acked: list[list[int]] = []
-    real_ack_many = driver._client.ack_many
-    driver._client.ack_many = lambda mids: (acked.append(list(mids)), real_ack_many(mids))  # type: ignore[method-assign]
-    pub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="carrier-pub",
-                      protocol=mqtt.MQTTv5)
-    pub.connect(mqtt_broker.host, mqtt_broker.port)
-    pub.loop_start()
+    driver, acked, pub = await _offloaded_driver(mqtt_broker, "carrier", emit, offload)
     try:
         doc = orjson.dumps({"v": 1, "ts": int(time.time() * 1000) - 5000, "lat": 31.23, "lon": 121.47})
         pub.publish("t/carrier/car-01/telemetry", doc, qos=1).wait_for_publish(5)
@@ -201,16 +198,11 @@ async def test_hand_overs_held_for_a_restarting_worker_stop_reading(mqtt_broker:
 
     offload = _HeldOffload()
     offload.held = 1 << 40  # a worker being started again holds far more than the limit
-    driver = MqttDriver(MqttOptions(broker=mqtt_broker.url, prefix="t/held", client_id="held-test",
-                                    flush_interval_s=0.005), offload=offload)
-    await driver.start(emit)
+    driver, _, pub = await _offloaded_driver(mqtt_broker, "held", emit, offload)
     assert driver._client is not None
     holds: list[bool] = []
     real_hold = driver._client.hold
     driver._client.hold = lambda held: (holds.append(held), real_hold(held))  # type: ignore[method-assign]
-    pub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="held-pub", protocol=mqtt.MQTTv5)
-    pub.connect(mqtt_broker.host, mqtt_broker.port)
-    pub.loop_start()
     try:
         doc = orjson.dumps({"v": 1, "ts": int(time.time() * 1000) - 5000, "lat": 31.23, "lon": 121.47})
         for _ in range(20):
