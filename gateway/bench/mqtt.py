@@ -14,8 +14,8 @@ from the receiver's (re)connect until the last message is in:
 - figure: the gateway (MQTT driver -> validation -> writer -> a real PostgreSQL, PUBACK only after commit), in
   a process of its own, draining the same stream, timed from its MQTT connection (the first moment a message can
   arrive, as the ceiling's clock starts at its connection) to the commit of the last sample. Its start before
-  that (database connections, migrations check, ``ingest_workers`` processes: 0.1 s in one process, 0.5 s with
-  workers here) is ``start_s``, a constant reported beside the rate rather than inside it;
+  that (database connections, migrations check, ``ingest_workers`` processes: 0.1 s in one process, 0.25 s with
+  two workers here) is ``start_s``, a constant reported beside the rate rather than inside it;
 - ``sustained_samples_per_s``: the same run's commit rate between 10 % and 90 % of the samples committed, without
   the gateway's start and the drain of its queue after the last message (see ``_sustained_rate``);
 - ``gateways`` > 1: the figure is that many gateway processes on one shared subscription (``$share/bench/...``),
