@@ -211,9 +211,9 @@ def _gateway_settings(dsn: str, broker_url: str, prefix: str, client_id: str, sp
     )
 
 
-async def _record_progress(gw: Gateway, record: Callable[[int, int], None]) -> None:
-    """Every 5 ms until cancelled: ``record(samples committed, samples received)`` of ``gw``, from before its
-    start."""
+async def _record_progress(gw: Gateway, record: Callable[[int, int, bool], None]) -> None:
+    """Every 5 ms until cancelled: ``record(samples committed, samples received, MQTT connected)`` of ``gw``,
+    from before its start."""
     while True:
         record(*gw.samples_counts(), _mqtt_connected(gw))
         await asyncio.sleep(0.005)
@@ -280,7 +280,8 @@ def _e2e(dsn: str, broker: EmbeddedMosquitto, stream: list[tuple[str, bytes]], p
          samples_total: int, spool: Path, gateways: int, ingest_workers: int) -> dict[str, Any]:
     """The e2e run: ``gateways`` gateway processes (on one shared subscription when more than one, the
     documented way to scale past one process's interpreter lock) drain the queued stream; the clock runs from
-    their go to the last commit of any of them."""
+    the first one's MQTT connection to the last commit of any of them (``start_s``: from their go to that
+    connection)."""
     ctx = multiprocessing.get_context("spawn")
     ready, go, stop = ctx.Semaphore(0), ctx.Event(), ctx.Event()
     written, received = ctx.Array("q", gateways, lock=False), ctx.Array("q", gateways, lock=False)
